@@ -1,0 +1,299 @@
+"""The catalog: one sqlite database per output folder, the single source of truth of a run.
+
+Tables
+    videos      one row per video: stable id (path relative to the videos folder), path, size,
+                mtime, content hash, title, labels (JSON list), split, decode facts, deleted flag
+    stages      (video_id, stage) -> pending | done | failed | missing, with the error text;
+                stages are "decode" and "extract:<modality>" ("missing" = the video lacks that
+                modality, e.g. a silent clip has no audio: not a failure)
+    shards      every committed shard file of the feature store
+    features    (video_id, modality, layout) -> (shard, row): where each feature lives
+    modalities  (modality, layout) -> dim and the metadata of what produced it
+    meta        key -> JSON value (class vocabulary, ...)
+
+Only one process writes (the pipeline's main process holds `OutputLock`); workers never touch
+sqlite. Shard rows and the stage statuses of the videos in them are committed in one
+transaction (`commit_shard`), so a crash leaves either both or neither.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS videos (
+    video_id     TEXT PRIMARY KEY,
+    path         TEXT,
+    size         INTEGER,
+    mtime        REAL,
+    content_hash TEXT,
+    title        TEXT,
+    labels       TEXT NOT NULL DEFAULT '[]',
+    split        TEXT,
+    deleted      INTEGER NOT NULL DEFAULT 0,
+    duration     REAL,
+    fps          REAL,
+    width        INTEGER,
+    height       INTEGER,
+    has_audio    INTEGER,
+    updated_at   REAL
+);
+CREATE TABLE IF NOT EXISTS stages (
+    video_id   TEXT NOT NULL,
+    stage      TEXT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'missing')),
+    error      TEXT,
+    updated_at REAL,
+    PRIMARY KEY (video_id, stage)
+);
+CREATE TABLE IF NOT EXISTS shards (
+    shard_id   TEXT PRIMARY KEY,
+    modality   TEXT NOT NULL,
+    layout     TEXT NOT NULL,
+    file       TEXT NOT NULL,
+    rows       INTEGER NOT NULL,
+    dim        INTEGER NOT NULL,
+    created_at REAL
+);
+CREATE TABLE IF NOT EXISTS features (
+    video_id TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    layout   TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
+    row      INTEGER NOT NULL,
+    PRIMARY KEY (video_id, modality, layout)
+);
+CREATE TABLE IF NOT EXISTS modalities (
+    modality TEXT NOT NULL,
+    layout   TEXT NOT NULL,
+    dim      INTEGER NOT NULL,
+    meta     TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (modality, layout)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS features_by_modality ON features (modality, layout);
+CREATE INDEX IF NOT EXISTS stages_by_stage ON stages (stage, status);
+"""
+
+
+@dataclass
+class VideoRow:
+    video_id: str
+    path: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    content_hash: str | None = None
+    title: str | None = None
+    labels: list[str] = field(default_factory=list)
+    split: str | None = None
+
+
+@dataclass
+class StageUpdate:
+    video_id: str
+    stage: str
+    status: str
+    error: str | None = None
+
+
+class OutputLock:
+    """An exclusive advisory lock on the output folder, so two runs cannot write it at once.
+    The kernel drops it when the process dies (even by SIGKILL), so no stale lock survives."""
+
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            self.fd = None
+            raise RuntimeError(
+                f"another run is using {self.path.parent} (pid {holder}); wait for it to finish "
+                "or use another --out folder") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Catalog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we open transactions ourselves (`transaction`), so a multi-table
+        # commit is one BEGIN ... COMMIT. WAL keeps readers (e.g. `status`) off the writer's way.
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions ---------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, *_):
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def transaction(self) -> "_Tx":
+        return Catalog._Tx(self.conn)
+
+    # -- videos ---------------------------------------------------------------------------
+    def upsert_videos(self, rows: Iterable[VideoRow]) -> int:
+        now = time.time()
+        data = [(r.video_id, r.path, r.size, r.mtime, r.content_hash, r.title, json.dumps(list(r.labels)),
+                 r.split, now) for r in rows]
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO videos (video_id, path, size, mtime, content_hash, title, labels, split, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(video_id) DO UPDATE SET path=excluded.path,"
+                " size=excluded.size, mtime=excluded.mtime, content_hash=excluded.content_hash,"
+                " title=excluded.title, labels=excluded.labels, split=excluded.split, deleted=0,"
+                " updated_at=excluded.updated_at", data)
+        return len(data)
+
+    def videos(self, include_deleted: bool = False, video_id: str | None = None) -> list[dict]:
+        where = [] if include_deleted else ["deleted=0"]
+        args = []
+        if video_id is not None:
+            where, args = where + ["video_id=?"], [video_id]
+        sql = "SELECT * FROM videos" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY video_id"
+        cur = self.conn.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        out = []
+        for row in cur.fetchall():
+            item = dict(zip(names, row))
+            item["labels"] = json.loads(item["labels"])
+            out.append(item)
+        return out
+
+    def video(self, video_id: str) -> dict | None:
+        rows = self.videos(include_deleted=True, video_id=video_id)
+        return rows[0] if rows else None
+
+    def mark_deleted(self, video_ids: Iterable[str]) -> None:
+        with self.transaction() as c:
+            c.executemany("UPDATE videos SET deleted=1, updated_at=? WHERE video_id=?",
+                          [(time.time(), v) for v in video_ids])
+
+    def forget_outputs(self, video_ids: Iterable[str]) -> None:
+        """A video's content changed: its stage statuses and feature locations no longer hold."""
+        ids = [(v,) for v in video_ids]
+        with self.transaction() as c:
+            c.executemany("DELETE FROM stages WHERE video_id=?", ids)
+            c.executemany("DELETE FROM features WHERE video_id=?", ids)
+
+    def set_decode_facts(self, video_id: str, duration: float, fps: float, width: int, height: int,
+                         has_audio: bool) -> None:
+        self.conn.execute("UPDATE videos SET duration=?, fps=?, width=?, height=?, has_audio=? WHERE video_id=?",
+                          (duration, fps, width, height, int(has_audio), video_id))
+
+    # -- labels ---------------------------------------------------------------------------
+    def set_class_names(self, names: list[str]) -> None:
+        self.set_meta("class_names", list(names))
+
+    def class_names(self) -> list[str]:
+        fixed = self.get_meta("class_names")
+        if fixed:
+            return list(fixed)
+        return sorted({label for v in self.videos() for label in v["labels"]})
+
+    def labeled_videos(self) -> list[tuple[str, list[str], str | None]]:
+        return [(v["video_id"], v["labels"], v["split"]) for v in self.videos()]
+
+    def set_meta(self, key: str, value) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default=None):
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # -- stages ---------------------------------------------------------------------------
+    def set_stages(self, updates: Iterable[StageUpdate], conn=None) -> None:
+        data = [(u.video_id, u.stage, u.status, u.error, time.time()) for u in updates]
+        sql = "INSERT OR REPLACE INTO stages (video_id, stage, status, error, updated_at) VALUES (?,?,?,?,?)"
+        if conn is not None:
+            conn.executemany(sql, data)
+        else:
+            with self.transaction() as c:
+                c.executemany(sql, data)
+
+    def stage_status(self, stage: str) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT video_id, status FROM stages WHERE stage=?", (stage,)).fetchall())
+
+    def stage_counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        rows = self.conn.execute(
+            "SELECT s.stage, s.status, COUNT(*) FROM stages s JOIN videos v USING (video_id)"
+            " WHERE v.deleted=0 GROUP BY s.stage, s.status").fetchall()
+        for stage, status, n in rows:
+            out.setdefault(stage, {})[status] = n
+        return out
+
+    def failures(self) -> list[tuple[str, str, str, str | None]]:
+        """(video_id, path, stage, error) of every failed stage of a live video."""
+        return self.conn.execute(
+            "SELECT s.video_id, v.path, s.stage, s.error FROM stages s JOIN videos v USING (video_id)"
+            " WHERE s.status='failed' AND v.deleted=0 ORDER BY s.video_id, s.stage").fetchall()
+
+    # -- store bookkeeping (called by pipeline.store) --------------------------------------
+    def commit_shard(self, shard_id: str, modality: str, layout_files: dict[str, tuple[str, int, int]],
+                     video_rows: list[tuple[str, int]], stage_updates: list[StageUpdate]) -> None:
+        """Record shard files ({layout: (file, rows, dim)}), where each video's features live,
+        and the stage statuses, all in one transaction."""
+        now = time.time()
+        with self.transaction() as c:
+            for layout, (file, rows, dim) in layout_files.items():
+                c.execute("INSERT INTO shards VALUES (?,?,?,?,?,?,?)",
+                          (f"{shard_id}:{layout}", modality, layout, file, rows, dim, now))
+                c.executemany("INSERT OR REPLACE INTO features VALUES (?,?,?,?,?)",
+                              [(vid, modality, layout, f"{shard_id}:{layout}", row) for vid, row in video_rows])
+            self.set_stages(stage_updates, conn=c)
+
+    def register_modality(self, modality: str, layout: str, dim: int, meta: dict) -> None:
+        with self.transaction() as c:
+            old = c.execute("SELECT dim FROM modalities WHERE modality=? AND layout=?", (modality, layout)).fetchone()
+            if old and old[0] != dim:
+                raise ValueError(f"store modality {modality}/{layout} has dim {old[0]}, new features have {dim}; "
+                                 "use a new output folder or a new modality name")
+            c.execute("INSERT OR REPLACE INTO modalities VALUES (?,?,?,?)",
+                      (modality, layout, dim, json.dumps(meta, default=str)))
+
+    def modality_rows(self) -> list[tuple[str, str, int, dict]]:
+        return [(m, l, d, json.loads(meta)) for m, l, d, meta in
+                self.conn.execute("SELECT modality, layout, dim, meta FROM modalities ORDER BY modality, layout")]
+
+    def feature_locations(self, modality: str, layout: str) -> Iterator[tuple[str, str, int]]:
+        """(video_id, shard file, row) of every live video that has this feature."""
+        yield from self.conn.execute(
+            "SELECT f.video_id, s.file, f.row FROM features f JOIN shards s USING (shard_id)"
+            " JOIN videos v USING (video_id) WHERE f.modality=? AND f.layout=? AND v.deleted=0"
+            " ORDER BY f.video_id", (modality, layout))
+
+    def shard_files(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT file FROM shards")}
