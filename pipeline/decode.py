@@ -142,9 +142,10 @@ def probe(path: str | Path) -> _Probe:
         start = vs.start_time if vs.start_time is not None else min(pts)
         times = (np.sort(np.asarray(pts, dtype=np.float64)) - start) * tb
         rate = float(vs.average_rate) if vs.average_rate else (len(times) / max(times[-1], 1e-6))
-        # Duration = last frame's time + one frame; container metadata is often wrong on
-        # truncated or remuxed files, the packets are not.
-        duration = float(times[-1] + 1.0 / max(rate, 1e-6))
+        # Duration = last frame's time + the last frame's own display interval; container
+        # metadata is often wrong on truncated or remuxed files, the packets are not.
+        last_step = times[-1] - times[-2] if len(times) > 1 else 1.0 / max(rate, 1e-6)
+        duration = float(times[-1] + last_step)
         rotation = 0
         try:
             container.seek(0)
@@ -157,8 +158,9 @@ def probe(path: str | Path) -> _Probe:
 
 
 def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
-    # PyAV reports the display matrix angle counter-clockwise; np.rot90 with k>0 also turns
-    # counter-clockwise, so k = rotation / 90 gives the upright picture ffmpeg's autorotate gives.
+    # PyAV reports the display matrix angle counter-clockwise and np.rot90 with k > 0 turns
+    # counter-clockwise too, so k = rotation / 90 gives what ffmpeg's autorotate shows
+    # (tests/test_decode.py checks this against ffmpeg itself).
     k = (rotation // 90) % 4
     return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
 
@@ -234,19 +236,21 @@ def decode_video(path: str | Path, options: DecodeOptions | None = None, video_i
     info = probe(path)
     targets = sample_times(info.duration, opts.num_frames, opts.fps, opts.max_frames)
     indices = nearest_indices(info.frame_times, targets)
-    # Resize the *stored* picture; rotation by 90 degrees swaps the sides afterwards.
-    if info.rotation % 180:
-        h, w = resized_size(info.height, info.width, opts.short_side)
-    else:
-        w, h = resized_size(info.width, info.height, opts.short_side)
+    # Size of the upright picture. decord applies the rotation itself and resizes after it;
+    # PyAV hands out the stored picture, which we resize first and turn upright afterwards.
+    turned = info.rotation % 180 != 0
+    w, h = resized_size(*((info.height, info.width) if turned else (info.width, info.height)), opts.short_side)
 
     backends = ["decord", "pyav"] if opts.backend == "auto" else [opts.backend]
     errors = []
     frames, used = None, ""
     for backend in backends:
         try:
-            reader = _frames_decord if backend == "decord" else _frames_pyav
-            frames, used = reader(path, indices, (w, h)), backend
+            if backend == "decord":
+                frames = _frames_decord(path, indices, (w, h))
+            else:
+                frames = _rotate(_frames_pyav(path, indices, (h, w) if turned else (w, h)), info.rotation)
+            used = backend
             break
         except DecodeError as e:
             errors.append(f"{backend}: {e}")
@@ -258,7 +262,6 @@ def decode_video(path: str | Path, options: DecodeOptions | None = None, video_i
         raise DecodeError("; ".join(errors))
 
     audio = decode_audio(path, opts.sample_rate) if (opts.audio and info.has_audio) else None
-    frames = _rotate(frames, info.rotation)
     return Clip(
         video_id=video_id or Path(path).name, frames=frames, frame_times=info.frame_times[indices],
         frame_indices=indices, audio=audio, sample_rate=opts.sample_rate, title=title,

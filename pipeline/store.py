@@ -52,26 +52,35 @@ class ShardWriter:
     next shard so statuses and data never disagree. Use as a context manager: leaving it flushes.
     """
 
-    def __init__(self, store: "FeatureStore", modality: str, dims: dict[str, int], meta: dict | None,
+    def __init__(self, store: "FeatureStore", modality: str, dims: dict[str, int] | None, meta: dict | None,
                  stage: str | None, flush_seconds: float | None):
-        for layout in dims:
-            if layout not in LAYOUTS:
-                raise ValueError(f"unknown layout {layout!r}; use one of {LAYOUTS}")
-        self.store, self.modality, self.dims, self.stage = store, modality, dict(dims), stage
+        self.store, self.modality, self.meta, self.stage = store, modality, meta or {}, stage
         self.flush_seconds = flush_seconds
+        self.dims: dict[str, int] | None = None
+        self._data: dict[str, list[np.ndarray]] = {}
         self._ids: list[str] = []
-        self._data: dict[str, list[np.ndarray]] = {layout: [] for layout in dims}
         self._updates: list[StageUpdate] = []
         self._since = time.monotonic()
         self.committed = 0
-        for layout, dim in dims.items():
-            store.catalog.register_modality(modality, layout, int(dim), meta or {})
+        if dims:
+            self._set_dims(dims)
+
+    def _set_dims(self, dims: dict[str, int]) -> None:
+        for layout in dims:
+            if layout not in LAYOUTS:
+                raise ValueError(f"unknown layout {layout!r}; use one of {LAYOUTS}")
+        self.dims = {layout: int(d) for layout, d in dims.items()}
+        self._data = {layout: [] for layout in dims}
+        for layout, dim in self.dims.items():
+            self.store.catalog.register_modality(self.modality, layout, dim, self.meta)
 
     def add(self, video_id: str, array: np.ndarray | None = None, **layouts: np.ndarray) -> None:
         if array is not None:
-            if len(self.dims) != 1:
-                raise TypeError("this writer has several layouts: pass them by name (pooled=..., sequence=...)")
+            if self.dims is None or len(self.dims) != 1:
+                raise TypeError("pass the layouts by name (pooled=..., sequence=...)")
             layouts = {next(iter(self.dims)): array}
+        if self.dims is None:  # opened without dims: the first video's arrays decide them
+            self._set_dims({layout: np.shape(v)[-1] for layout, v in layouts.items()})
         if set(layouts) != set(self.dims):
             raise ValueError(f"{self.modality}: expected layouts {sorted(self.dims)}, got {sorted(layouts)}")
         for layout, value in layouts.items():
@@ -155,10 +164,11 @@ class FeatureStore:
 
     def writer(self, modality: str, layout: str | None = None, dim: int | None = None, meta: dict | None = None,
                *, dims: dict[str, int] | None = None, stage: str | None = None) -> ShardWriter:
-        """`writer("rgb", "pooled", 1024, meta)` or `writer("visual", dims={"pooled": 2048,
-        "sequence": 2048}, meta=..., stage="extract:visual")`."""
-        if dims is None:
-            if layout is None or dim is None:
+        """`writer("rgb", "pooled", 1024, meta)`, `writer("visual", dims={"pooled": 2048,
+        "sequence": 2048}, meta=..., stage="extract:visual")`, or without dims: then the first
+        `add(video_id, pooled=..., sequence=...)` fixes the layouts and dims."""
+        if dims is None and layout is not None:
+            if dim is None:
                 raise TypeError("give layout and dim, or dims={layout: dim}")
             dims = {layout: dim}
         return ShardWriter(self, modality, dims, meta, stage, self.flush_seconds)
