@@ -6,9 +6,12 @@ frame are read from the container (cheap: packets are demuxed, not decoded), tar
 spread uniformly over the duration, and each target takes the frame whose timestamp is nearest.
 Sampling in time rather than in frame index keeps variable-frame-rate clips uniform.
 
-Audio always comes from PyAV (resampled by libswresample, then averaged over channels), because
-decord's audio reader raises on files without an audio track and cannot tell that apart from a
-real error. A file with no audio stream gives `audio=None`: a missing modality, not a failure.
+The file is read once: `probe` demuxes it with PyAV, keeps the compressed video packets and
+their timestamps, and decodes + resamples the audio on the way (libswresample, then the mean of
+the channels). PyAV decodes frames from those packets; decord opens the file itself. Audio
+always comes from PyAV because decord's audio reader raises on files without an audio track and
+cannot tell that apart from a real error. No audio stream gives `audio=None`: a missing
+modality, not a failure.
 
 Rotation metadata (the display matrix) is applied, so frames come out upright.
 Per-video time limits are enforced by the caller's process pool (`pipeline.stages`), because a
@@ -109,13 +112,20 @@ class _Probe:
     width: int
     height: int
     rotation: int
-    frame_times: np.ndarray  # presentation times of every frame, sorted
+    frame_times: np.ndarray       # presentation times of every frame, sorted
     has_audio: bool
+    packets: list                 # the video stream's compressed packets, in file order
+    audio: np.ndarray | None      # decoded, resampled audio (when asked for)
+    codec: str = ""
+    extradata: bytes | None = None
 
 
-def probe(path: str | Path) -> _Probe:
-    """Read stream info and every frame's timestamp with PyAV (demux only, one frame decoded for
-    the rotation). Raises DecodeError with a reason for anything that is not a decodable video."""
+def probe(path: str | Path, sample_rate: int | None = None) -> _Probe:
+    """One pass over the file with PyAV: keep the video packets (compressed, small for short
+    clips) with their timestamps, decode and resample the audio as it goes by (when
+    `sample_rate` is given), decode the first frame for the rotation. Decoding frames later
+    reuses the packets instead of reading the file again. Raises DecodeError with a reason for
+    anything that is not a decodable video."""
     import av
 
     path = str(path)
@@ -132,13 +142,31 @@ def probe(path: str | Path) -> _Probe:
             kinds = ",".join(s.type for s in container.streams) or "none"
             raise DecodeError(f"no video stream (streams: {kinds})")
         vs = container.streams.video[0]
-        tb = float(vs.time_base)
+        vs.thread_type = "SLICE"
+        has_audio = bool(container.streams.audio)
+        streams = [vs] + ([container.streams.audio[0]] if has_audio and sample_rate else [])
+        packets, chunks = [], []
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate) if len(streams) > 1 else None
         try:
-            pts = [p.pts for p in container.demux(vs) if p.pts is not None and p.size > 0]
+            for packet in container.demux(*streams):
+                if packet.size == 0:
+                    continue  # demuxer flush packets
+                if packet.stream is vs:
+                    packets.append(packet)
+                else:
+                    for frame in packet.decode():
+                        chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
         except av.error.FFmpegError as e:
             raise DecodeError(f"corrupt container: {e}") from e
+        pts = [p.pts for p in packets if p.pts is not None]
         if not pts:
             raise DecodeError("video stream has no frames")
+        audio = None
+        if resampler is not None:
+            chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+            # mono = mean of the channels (libswresample's own downmix uses other weights)
+            audio = np.concatenate(chunks, axis=1).mean(axis=0).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        tb = float(vs.time_base)
         start = vs.start_time if vs.start_time is not None else min(pts)
         times = (np.sort(np.asarray(pts, dtype=np.float64)) - start) * tb
         rate = float(vs.average_rate) if vs.average_rate else (len(times) / max(times[-1], 1e-6))
@@ -146,15 +174,25 @@ def probe(path: str | Path) -> _Probe:
         # metadata is often wrong on truncated or remuxed files, the packets are not.
         last_step = times[-1] - times[-2] if len(times) > 1 else 1.0 / max(rate, 1e-6)
         duration = float(times[-1] + last_step)
-        rotation = 0
-        try:
-            container.seek(0)
-            first = next(container.decode(vs))
-            rotation = int(round(getattr(first, "rotation", 0) or 0))
-        except (StopIteration, av.error.FFmpegError) as e:
-            raise DecodeError(f"first video frame cannot be decoded: {e}") from e
-        width, height = vs.codec_context.width, vs.codec_context.height
-        return _Probe(duration, rate, width, height, rotation, times, bool(container.streams.audio))
+        rotation = _first_frame_rotation(vs, packets)
+        return _Probe(duration, rate, vs.codec_context.width, vs.codec_context.height, rotation, times,
+                      has_audio, packets, audio, vs.codec_context.name, vs.codec_context.extradata)
+
+
+def _first_frame_rotation(vs, packets) -> int:
+    import av
+
+    # The stream's own decoder: it carries the stream side data (the display matrix).
+    ctx = vs.codec_context
+    try:
+        for packet in packets:
+            for frame in ctx.decode(packet):
+                return int(round(getattr(frame, "rotation", 0) or 0))
+        for frame in ctx.decode(None):
+            return int(round(getattr(frame, "rotation", 0) or 0))
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"first video frame cannot be decoded: {e}") from e
+    raise DecodeError("no video frame can be decoded")
 
 
 def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
@@ -174,10 +212,10 @@ def _frames_decord(path: str, indices: np.ndarray, size: tuple[int, int]) -> np.
     return vr.get_batch(list(map(int, indices))).asnumpy()
 
 
-def _frames_pyav(path: str, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Decode sequentially, converting to RGB (and resizing, inside libswscale) only the frames
-    that were picked. Frames come out of the decoder in presentation order, so the running count
-    is the presentation index."""
+def _frames_pyav(info: _Probe, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Decode the probed packets in order, converting to RGB (and resizing, inside libswscale)
+    only the frames that were picked. Frames come out of the decoder in presentation order, so
+    the running count is the presentation index."""
     import av
 
     wanted = {}
@@ -185,47 +223,30 @@ def _frames_pyav(path: str, indices: np.ndarray, size: tuple[int, int]) -> np.nd
         wanted.setdefault(int(idx), []).append(slot)
     out = np.empty((len(indices), size[1], size[0], 3), np.uint8)
     last = int(indices.max())
-    with av.open(path) as container:
-        vs = container.streams.video[0]
-        vs.thread_type = "SLICE"
-        count = 0
-        try:
-            for frame in container.decode(vs):
-                if count in wanted:
-                    rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1],
-                                           interpolation="AREA")
-                    for slot in wanted[count]:
-                        out[slot] = rgb
-                count += 1
-                if count > last:
-                    break
-        except av.error.FFmpegError as e:
-            raise DecodeError(f"decoding stopped at frame {count}: {e}") from e
-    if count <= last:
-        raise DecodeError(f"truncated: the stream ends after {count} frames, "
-                          f"frame {last} was expected")
+    ctx = av.CodecContext.create(info.codec, "r")
+    ctx.extradata = info.extradata
+    ctx.thread_type = "SLICE"
+    count = 0
+
+    def take(frames) -> bool:
+        nonlocal count
+        for frame in frames:
+            if count in wanted:
+                rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
+                for slot in wanted[count]:
+                    out[slot] = rgb
+            count += 1
+            if count > last:
+                return True
+        return False
+
+    try:
+        done = any(take(ctx.decode(p)) for p in info.packets) or take(ctx.decode(None))
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"decoding stopped at frame {count}: {e}") from e
+    if not done:
+        raise DecodeError(f"truncated: the stream ends after {count} frames, frame {last} was expected")
     return out
-
-
-def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray | None:
-    """Mono float32 at `sample_rate` (mean of the channels), or None when there is no audio stream."""
-    import av
-
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            return None
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-        chunks = []
-        try:
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray() for f in resampler.resample(None))
-        except av.error.FFmpegError as e:
-            raise DecodeError(f"audio track is corrupt: {e}") from e
-    if not chunks:
-        return np.zeros(0, np.float32)
-    return np.concatenate(chunks, axis=1).mean(axis=0).astype(np.float32)
 
 
 def decode_video(path: str | Path, options: DecodeOptions | None = None, video_id: str | None = None,
@@ -233,7 +254,7 @@ def decode_video(path: str | Path, options: DecodeOptions | None = None, video_i
     """Decode one file. Raises DecodeError (with the reason to record) when it is not a usable video."""
     opts = options or DecodeOptions()
     path = str(path)
-    info = probe(path)
+    info = probe(path, opts.sample_rate if opts.audio else None)
     targets = sample_times(info.duration, opts.num_frames, opts.fps, opts.max_frames)
     indices = nearest_indices(info.frame_times, targets)
     # Size of the upright picture. decord applies the rotation itself and resizes after it;
@@ -249,7 +270,7 @@ def decode_video(path: str | Path, options: DecodeOptions | None = None, video_i
             if backend == "decord":
                 frames = _frames_decord(path, indices, (w, h))
             else:
-                frames = _rotate(_frames_pyav(path, indices, (h, w) if turned else (w, h)), info.rotation)
+                frames = _rotate(_frames_pyav(info, indices, (h, w) if turned else (w, h)), info.rotation)
             used = backend
             break
         except DecodeError as e:
@@ -261,7 +282,8 @@ def decode_video(path: str | Path, options: DecodeOptions | None = None, video_i
     if frames is None:
         raise DecodeError("; ".join(errors))
 
-    audio = decode_audio(path, opts.sample_rate) if (opts.audio and info.has_audio) else None
+    audio = info.audio
+    info.packets.clear()  # free the compressed data before the clip travels between processes
     return Clip(
         video_id=video_id or Path(path).name, frames=frames, frame_times=info.frame_times[indices],
         frame_indices=indices, audio=audio, sample_rate=opts.sample_rate, title=title,

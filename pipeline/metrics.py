@@ -1,0 +1,98 @@
+"""Evaluation metrics, computed from scores (probabilities) and multi-hot labels.
+
+Multi-class (one label per video): accuracy, micro / macro F1, micro / macro ROC-AUC.
+Multi-label: macro mAP, GAP@k (YouTube-8M), Hit@1, Hit@k, micro / macro F1 at a threshold,
+coverage, ranking loss, one-error, Hamming loss.
+
+scikit-learn computes everything it has; GAP, Hit@k and one-error are written out here. Classes
+with no positive (or no negative) example in the evaluated set have no defined AP / ROC-AUC;
+they are left out of the macro averages, and `classes_scored` says how many were used.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def multiclass_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """scores [N, C] class probabilities, labels [N, C] one-hot (or [N] class indices)."""
+    scores = np.asarray(scores, np.float64)
+    n, c = scores.shape
+    y = labels.argmax(1) if np.ndim(labels) == 2 else np.asarray(labels)
+    pred = scores.argmax(1)
+    out = {"accuracy": skm.accuracy_score(y, pred),
+           "micro_f1": skm.f1_score(y, pred, average="micro", zero_division=0),
+           "macro_f1": skm.f1_score(y, pred, average="macro", zero_division=0)}  # classes seen in y or pred
+    onehot = np.eye(c)[y]
+    keep = (onehot.sum(0) > 0) & (onehot.sum(0) < n)   # ROC-AUC needs positives and negatives
+    out["classes_scored"] = int(keep.sum())
+    if keep.sum() >= 1:
+        out["macro_roc_auc"] = skm.roc_auc_score(onehot[:, keep], scores[:, keep], average="macro")
+        out["micro_roc_auc"] = skm.roc_auc_score(onehot, scores, average="micro")
+    else:
+        out["macro_roc_auc"] = out["micro_roc_auc"] = float("nan")
+    out["num_videos"] = n
+    return {k: float(v) if not isinstance(v, int) else v for k, v in out.items()}
+
+
+def gap_at_k(scores: np.ndarray, labels: np.ndarray, k: int = 20) -> float:
+    """Global Average Precision (YouTube-8M): each video's top-k (score, correct) pairs are
+    pooled across videos and sorted by score; GAP = sum_i precision@i * [i correct] / P, where
+    P is the total number of positive labels (counted over all classes, not only the top k)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    s = np.take_along_axis(scores, top, 1).ravel()
+    hit = np.take_along_axis(labels, top, 1).ravel()
+    total = labels.sum()
+    if total == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="stable")
+    hit = hit[order]
+    precision = np.cumsum(hit) / np.arange(1, len(hit) + 1)
+    return float((precision * hit).sum() / total)
+
+
+def hit_at_k(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Fraction of videos with at least one true label among their k best-scored classes."""
+    labels = np.asarray(labels) > 0
+    top = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
+    return float(np.take_along_axis(labels, top, 1).any(1).mean())
+
+
+def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5, top_k: int = 20) -> dict:
+    """scores [N, C] per-class probabilities, labels [N, C] multi-hot."""
+    scores = np.asarray(scores, np.float64)
+    y = (np.asarray(labels) > 0).astype(int)
+    pred = (scores >= threshold).astype(int)
+    has_pos = y.sum(0) > 0
+    out = {
+        "map": skm.average_precision_score(y[:, has_pos], scores[:, has_pos], average="macro")
+        if has_pos.any() else float("nan"),
+        f"gap@{top_k}": gap_at_k(scores, y, top_k),
+        "hit@1": hit_at_k(scores, y, 1),
+        f"hit@{min(top_k, 5)}": hit_at_k(scores, y, min(top_k, 5)),
+        "micro_f1": skm.f1_score(y, pred, average="micro", zero_division=0),
+        "macro_f1": skm.f1_score(y[:, has_pos], pred[:, has_pos], average="macro", zero_division=0)
+        if has_pos.any() else float("nan"),
+        "hamming_loss": skm.hamming_loss(y, pred),
+    }
+    rows = y.sum(1) > 0   # ranking metrics are undefined for a video without labels
+    out["coverage"] = skm.coverage_error(y[rows], scores[rows]) if rows.any() else float("nan")
+    out["ranking_loss"] = skm.label_ranking_loss(y[rows], scores[rows]) if rows.any() else float("nan")
+    out["one_error"] = 1.0 - hit_at_k(scores[rows], y[rows], 1) if rows.any() else float("nan")
+    out = {k: float(v) for k, v in out.items()}
+    out.update(classes_scored=int(has_pos.sum()), num_videos=int(len(y)), threshold=float(threshold))
+    return out
+
+
+def compute_metrics(scores: np.ndarray, labels: np.ndarray, multilabel: bool, threshold: float = 0.5,
+                    top_k: int = 20) -> dict:
+    if multilabel:
+        return multilabel_metrics(scores, labels, threshold, top_k)
+    return multiclass_metrics(scores, labels)
+
+
+def default_monitor(multilabel: bool, top_k: int = 20) -> str:
+    """The validation metric early stopping follows (higher is better)."""
+    return f"gap@{top_k}" if multilabel else "accuracy"
