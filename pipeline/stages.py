@@ -158,6 +158,42 @@ def _fit_extractors(extractors: dict, todo: list[dict], cfg, out_dir: Path, opti
         os.replace(tmp, state_path)
 
 
+def extract_clips(extractors: dict, clips: list[Clip], need: dict[str, list[str]], writers: dict,
+                  summary: ExtractSummary) -> None:
+    """Run every extractor on the clips that need it, batched across videos, and hand the
+    results to the writers: features, "missing" (no audio track / no title) or "failed" (the
+    extractor raised on that video; the others in the batch still get their features)."""
+    for m, extractor in extractors.items():
+        batch = [c for c in clips if m in need[c.video_id]]
+        if not batch:
+            continue
+        t0 = time.perf_counter()
+        try:
+            results = list(zip(batch, extractor.extract(batch)))
+        except Exception:
+            results = []
+            for c in batch:
+                try:
+                    results.append((c, extractor.extract([c])[0]))
+                except Exception as e:
+                    results.append((c, e))
+        summary.seconds[f"extract:{m}"] = summary.seconds.get(f"extract:{m}", 0.0) + time.perf_counter() - t0
+        counts = summary.per_modality.setdefault(m, {"done": 0, "missing": 0, "failed": 0})
+        for c, feats in results:
+            if isinstance(feats, Exception):
+                writers[m].mark_failed(c.video_id, f"{type(feats).__name__}: {feats}")
+                counts["failed"] += 1
+            elif feats is None:
+                writers[m].mark_missing(c.video_id, _missing_reason(c, m))
+                counts["missing"] += 1
+            else:
+                layouts = {"pooled": feats.pooled}
+                if feats.sequence is not None:
+                    layouts["sequence"] = feats.sequence
+                writers[m].add(c.video_id, **layouts)
+                counts["done"] += 1
+
+
 def videos_to_extract(catalog: Catalog, modalities: list[str], retry_failed: bool) -> list[dict]:
     finished = {"done", "missing"} | (set() if retry_failed else {"failed"})
     decode = catalog.stage_status("decode")
@@ -203,35 +239,7 @@ def run_extract(cfg: DictConfig, out_dir: str | Path, progress: bool = True, lim
             for c in clips:
                 conn.execute("UPDATE videos SET duration=?, fps=?, width=?, height=?, has_audio=? WHERE video_id=?",
                              (c.duration, c.fps, c.width, c.height, int(c.has_audio), c.video_id))
-        for m in names:
-            batch = [c for c in clips if m in need[c.video_id]]
-            if not batch:
-                continue
-            t0 = time.perf_counter()
-            try:
-                results = list(zip(batch, extractors[m].extract(batch)))
-            except Exception:
-                # Isolate the video that broke the batch; the others still get their features.
-                results = []
-                for c in batch:
-                    try:
-                        results.append((c, extractors[m].extract([c])[0]))
-                    except Exception as e:
-                        results.append((c, e))
-            summary.seconds[f"extract:{m}"] = summary.seconds.get(f"extract:{m}", 0.0) + time.perf_counter() - t0
-            for c, feats in results:
-                if isinstance(feats, Exception):
-                    writers[m].mark_failed(c.video_id, f"{type(feats).__name__}: {feats}")
-                    summary.per_modality[m]["failed"] += 1
-                elif feats is None:
-                    writers[m].mark_missing(c.video_id, _missing_reason(c, m))
-                    summary.per_modality[m]["missing"] += 1
-                else:
-                    layouts = {"pooled": feats.pooled}
-                    if feats.sequence is not None:
-                        layouts["sequence"] = feats.sequence
-                    writers[m].add(c.video_id, **layouts)
-                    summary.per_modality[m]["done"] += 1
+        extract_clips(extractors, clips, need, writers, summary)
 
     from .progress import video_progress
 

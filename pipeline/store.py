@@ -72,7 +72,7 @@ class ShardWriter:
         self.dims = {layout: int(d) for layout, d in dims.items()}
         self._data = {layout: [] for layout in dims}
         for layout, dim in self.dims.items():
-            self.store.catalog.register_modality(self.modality, layout, dim, self.meta)
+            self.store.record(("modality", self.modality, layout, dim, self.meta))
 
     def add(self, video_id: str, array: np.ndarray | None = None, **layouts: np.ndarray) -> None:
         if array is not None:
@@ -119,7 +119,7 @@ class ShardWriter:
         self._since = time.monotonic()
         if not self._ids:
             if self._updates:
-                self.store.catalog.set_stages(self._updates)
+                self.store.record(("stages", self._updates))
                 self._updates = []
             return
         shard_id = uuid.uuid4().hex[:12]
@@ -137,8 +137,8 @@ class ShardWriter:
                 _atomic_save(path.with_suffix(".offsets.npy"), offsets)
             _atomic_save(path, array)
             files[layout] = (str(path.relative_to(self.store.root)), len(rows), self.dims[layout])
-        self.store.catalog.commit_shard(shard_id, self.modality, files,
-                                        [(vid, i) for i, vid in enumerate(self._ids)], self._updates)
+        self.store.record(("shard", shard_id, self.modality, files,
+                           [(vid, i) for i, vid in enumerate(self._ids)], self._updates))
         self.committed += len(self._ids)
         self._ids, self._updates = [], []
         self._data = {layout: [] for layout in self.dims}
@@ -152,11 +152,16 @@ class ShardWriter:
 
 
 class FeatureStore:
-    def __init__(self, out_dir: str | Path, catalog: Catalog, shard_size: int = 256, dtype: str = "float16",
+    """`catalog=None` makes a worker-side store (e.g. a Ray actor): shard files are written the
+    same way, but what would be committed is kept in `pending`; the driver, the one catalog
+    writer, applies it with `apply(pending)`. Files whose records never arrive are garbage."""
+
+    def __init__(self, out_dir: str | Path, catalog: Catalog | None, shard_size: int = 256, dtype: str = "float16",
                  flush_seconds: float | None = None):
         self.out_dir = Path(out_dir)
         self.root = self.out_dir / "store"
         self.catalog = catalog
+        self.pending: list[tuple] = []
         self.shard_size = int(shard_size)
         self.dtype = np.dtype(dtype)
         self.flush_seconds = flush_seconds
@@ -172,6 +177,25 @@ class FeatureStore:
                 raise TypeError("give layout and dim, or dims={layout: dim}")
             dims = {layout: dim}
         return ShardWriter(self, modality, dims, meta, stage, self.flush_seconds)
+
+    def record(self, item: tuple) -> None:
+        """Commit one writer record to the catalog now, or keep it for the driver."""
+        if self.catalog is None:
+            self.pending.append(item)
+        else:
+            self.apply([item])
+
+    def apply(self, items: list[tuple]) -> None:
+        for item in items:
+            kind, *args = item
+            if kind == "modality":
+                self.catalog.register_modality(*args)
+            elif kind == "stages":
+                self.catalog.set_stages(*args)
+            elif kind == "shard":
+                self.catalog.commit_shard(*args)
+            else:
+                raise ValueError(f"unknown store record {kind!r}")
 
     # -- reading ----------------------------------------------------------------------------
     def modalities(self) -> dict[str, ModalityInfo]:
