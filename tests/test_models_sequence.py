@@ -18,8 +18,9 @@ from pipeline.store import collate_batch
 
 DIMS = {"pooled": {"rgb": 10}, "sequence": {"audio": 6, "text": 8}}   # rgb: pooled only (YT8M-like)
 SMALL = {
-    "videotag": (AttentionLSTMTagger, {"lstm_size": 8, "textcnn_filters": 6, "dropout": 0.1}),
-    "netvlad": (NetVLADFusion, {"clusters": 4, "hidden": 12, "attention_dim": 8, "input_dim": 5, "dropout": 0.1}),
+    "videotag": (AttentionLSTMTagger, {"lstm_size": 8, "textcnn_filters": 6, "head_hidden": 16, "dropout": 0.1}),
+    "netvlad": (NetVLADFusion, {"clusters": 4, "hidden": 12, "attention_dim": 8, "input_dim": 5, "head_hidden": 16,
+                                  "dropout": 0.1}),
     "mart": (MaskedTemporalModel, {"d_model": 16, "segments": 4, "heads": 2, "layers": 2, "ff_dim": 32}),
     "mart_tokens": (MaskedTemporalModel, {"d_model": 16, "segments": 4, "heads": 2, "layers": 1, "ff_dim": 32,
                                           "fusion": "tokens"}),
@@ -62,6 +63,15 @@ ABSENT = {"rgb": [0, 0, 1, 0, 0, 0, 0, 0], "audio": [0, 1, 0, 0, 0, 1, 0, 0],
           "text": [0, 0, 0, 1, 1, 0, 1, 0]}
 ABSENT = {m: [bool(v) for v in vs] for m, vs in ABSENT.items()}
 MODELS = list(SMALL)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster than two fighting over a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # -- shared requirements ------------------------------------------------------------------------
@@ -170,6 +180,11 @@ def test_learns_a_task_that_needs_both_modalities(name):
     with torch.no_grad():
         acc = (model(test)["logits"].argmax(1) == test["labels"].argmax(1)).float().mean().item()
     assert acc > 0.9, f"{name}: held-out accuracy {acc:.2f} on XOR of two modalities (one alone: 0.5)"
+    # the model does use both: without modality b it is back near chance
+    test["present"]["b"][:] = False
+    with torch.no_grad():
+        acc_a = (model(test)["logits"].argmax(1) == test["labels"].argmax(1)).float().mean().item()
+    assert acc_a < 0.7, f"{name}: {acc_a:.2f} with modality a alone"
 
 
 # -- VideoTag -----------------------------------------------------------------------------------
