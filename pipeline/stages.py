@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .catalog import Catalog, StageUpdate
 from .config import resolve_device, to_dict, versions
@@ -222,7 +222,8 @@ def run_extract(cfg: DictConfig, out_dir: str | Path, progress: bool = True, lim
         return summary
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    extractors = {m: build_extractor(m, cfg.extractors[m], device) for m in names}
+    # extractors with randomness (random weights, codebooks, DAE, Doc2Vec) take the run's seed
+    extractors = {m: build_extractor(m, OmegaConf.merge(cfg.extractors[m], {"seed": cfg.seed}), device) for m in names}
     options = DecodeOptions.from_config(cfg.decode)
     _fit_extractors(extractors, todo, cfg, out_dir, options)
 

@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Extractor benchmark on the 300 real clips of ../shared/data/fight.
+
+Measures, on this machine:
+  * the fp32 and bf16 matrix-multiply rate (GFLOP/s), the yardstick for ResNet-50;
+  * decode alone (the pipeline's decode_stream, 16 frames at 224 px + 16 kHz audio);
+  * every extractor on the decoded clips in batches of 8: clips/s and frames/s (ResNet-50 also
+    images/s and GFLOP/s at 8.2 GFLOP per 224x224 image against both matmul rates);
+    text extractors on the msrvtt-mini pseudo captions (the fight clips have no titles);
+  * ResNet-50 on 8 frames per clip with decoding included, decode in the same process one clip
+    after the other vs decode in worker processes overlapped with compute (s/clip; the
+    video_features reference is 1.18 s/clip on this machine, target <= 0.24);
+  * the pipeline's own extract stage (pipeline.stages.run_extract: decode pool overlapped with
+    the four default extractors) against the same work done stage after stage.
+Visual and VGGish run with `weights: random` (no pretrained files offline here): the speed of a
+network does not depend on its weights. Prints and saves bench/results/extract.json.
+
+    python bench/extract.py [--data ../shared/data/fight] [--limit N] [--threads 2] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from extractors import build_extractor  # noqa: E402
+from extractors.base import cpu_has_fast_bf16  # noqa: E402
+from pipeline.config import load_config, versions  # noqa: E402
+from pipeline.decode import Clip, DecodeOptions, decode_video  # noqa: E402
+from pipeline.stages import decode_stream  # noqa: E402
+
+RESNET50_GFLOP = 8.2  # per 224x224 image (4.1 GMAC)
+
+
+def matmul_gflops(dtype, n=2048, seconds=3.0) -> float:
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up (oneDNN / MKL kernel selection)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def decode_all(paths, options, workers) -> tuple[list[Clip], float]:
+    videos = [{"path": str(p), "video_id": p.stem, "title": None} for p in paths]
+    start = time.perf_counter()
+    clips = [c for _, c in decode_stream(videos, options, workers, 120.0, window=16) if isinstance(c, Clip)]
+    return clips, time.perf_counter() - start
+
+
+def time_extractor(ext, clips, batch=8, fit_clips=None) -> dict:
+    out = {}
+    if ext.needs_fit:
+        start = time.perf_counter()
+        ext.fit(fit_clips)
+        out["fit_s"] = round(time.perf_counter() - start, 2)
+        out["fit_clips"] = len(fit_clips)
+    ext.extract(clips[:2])  # warm-up: first-call allocations and kernel selection
+    start = time.perf_counter()
+    present = 0
+    for i in range(0, len(clips), batch):
+        present += sum(f is not None for f in ext.extract(clips[i:i + batch]))
+    seconds = time.perf_counter() - start
+    frames = sum(len(c.frames) for c in clips)
+    out.update(clips=len(clips), with_features=present, seconds=round(seconds, 2),
+               clips_per_s=round(len(clips) / seconds, 2), frames_per_s=round(frames / seconds, 1),
+               precision=ext.metadata().get("precision"), dim=ext.dim)
+    return out
+
+
+def resnet_decode_included(paths, workers: int, threads: int) -> dict:
+    """ResNet-50 (bf16 where supported) on 8 frames per clip, decode included."""
+    ext = build_extractor("visual", {"family": "resnet", "depth": 50, "weights": "random"}, "cpu")
+    opts = DecodeOptions(num_frames=8, short_side=224, audio=False)
+    ext.extract([decode_video(paths[0], opts)])  # warm-up
+    videos = [{"path": str(p), "video_id": p.stem, "title": None} for p in paths]
+    res = {}
+    for mode, w in (("same_process", 0), ("overlapped", workers)):
+        start = time.perf_counter()
+        batch = []
+        for _, clip in decode_stream(videos, opts, w, 120.0, window=16):
+            if isinstance(clip, Clip):
+                batch.append(clip)
+            if len(batch) == 8:
+                ext.extract(batch)
+                batch = []
+        if batch:
+            ext.extract(batch)
+        seconds = time.perf_counter() - start
+        res[mode] = {"workers": w, "seconds": round(seconds, 2), "s_per_clip": round(seconds / len(paths), 3)}
+        print(f"resnet50 8 frames decode included ({mode}): {res[mode]}", flush=True)
+    res["reference_video_features_s_per_clip"] = 1.18
+    res["target_s_per_clip"] = 0.24
+    return res
+
+
+def pipeline_end_to_end(data: Path, limit: int | None, workers: int, stage_times: dict) -> dict:
+    """run_extract (decode overlapped with the four default extractors) vs the stage times."""
+    from pipeline.stages import run_extract, run_scan
+
+    overrides = ["extractors.visual.weights=random", "extractors.audio.weights=random",
+                 f"decode.workers={workers}", "extractors.trajectory.fit_videos=60"]
+    cfg = load_config(overrides=overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_scan(cfg, tmp, data)
+        start = time.perf_counter()
+        summary = run_extract(cfg, tmp, progress=False, limit=limit)
+        total = time.perf_counter() - start
+    # Stage times were measured on all the clips; scale them to the clips of this run.
+    scale = summary.videos_todo / max(stage_times.pop("_clips", summary.videos_todo), 1)
+    stage_sum = sum(stage_times.values()) * scale
+    slowest = max(stage_times.values()) * scale
+    return {"overrides": overrides, "wall_s_including_fit": round(total, 2),
+            "wall_s_extract_loop": round(summary.seconds["wall"], 2),
+            "decode_wait_s": round(summary.seconds.get("decode_wait", 0.0), 2),
+            "per_stage_s_inside_run": {k: round(v, 2) for k, v in summary.seconds.items()},
+            "stage_after_stage_s": round(stage_sum, 2), "slowest_stage_s": round(slowest, 2),
+            "wall_over_slowest_stage": round(summary.seconds["wall"] / slowest, 3),
+            "target_wall_over_slowest_stage": 1.2, "videos": summary.videos_todo}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fight"))
+    ap.add_argument("--captions", default=str(ROOT.parent / "shared" / "data" / "msrvtt-mini" / "pseudo_captions.yaml"))
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
+    ap.add_argument("--visual-clips", type=int, default=100, help="clips for the 16-frame ResNet-50 figure")
+    ap.add_argument("--resnet8-clips", type=int, default=None, help="clips for the 8-frame decode-included figure")
+    ap.add_argument("--e2e-clips", type=int, default=None, help="clips for the pipeline end-to-end run")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--extractors", nargs="*", default=["visual", "audio", "trajectory", "audio_dae", "text", "text_doc2vec"])
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: matmul decode extractors resnet8 e2e")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "extract.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    if not data.is_dir():
+        sys.exit(f"{data} not found (the real clips ship beside the repo as ../shared/data/fight)")
+    paths = sorted(data.rglob("*.mp4"))[: args.limit]
+    res = {"data": str(data), "clips": len(paths), "torch_threads": args.threads, "decode_workers": args.workers,
+           "cpu_count": os.cpu_count(), "cpu_fast_bf16": cpu_has_fast_bf16(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_before": os.getloadavg(),
+           "versions": versions()}
+
+    def save():
+        res["loadavg_after"] = os.getloadavg()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=2))
+        os.replace(tmp, out)
+
+    if "matmul" not in args.skip:
+        res["matmul_gflops"] = {"fp32": round(matmul_gflops(torch.float32), 1),
+                                "bf16": round(matmul_gflops(torch.bfloat16), 1)}
+        print("matmul GFLOP/s:", res["matmul_gflops"], flush=True)
+        save()
+
+    stage_times = {}
+    if "extractors" not in args.skip or "e2e" not in args.skip:
+        clips, seconds = decode_all(paths, DecodeOptions(num_frames=16, short_side=224), args.workers)
+        res["decode_16f"] = {"clips": len(clips), "seconds": round(seconds, 2), "clips_per_s": round(len(clips) / seconds, 2),
+                             "frames_per_s": round(sum(len(c.frames) for c in clips) / seconds, 1)}
+        stage_times["decode"] = seconds
+        stage_times["_clips"] = len(clips)
+        print("decode:", res["decode_16f"], flush=True)
+        save()
+
+    if "extractors" not in args.skip:
+        cfg = load_config(overrides=["extractors.visual.weights=random", "extractors.audio.weights=random"])
+        fit = clips[:: max(1, len(clips) // 60)][:60]  # a spread sample of 60 clips to fit on
+        res["extractors"] = {}
+        for name in [n for n in ("visual", "audio", "trajectory", "audio_dae") if n in args.extractors]:
+            ext = build_extractor(name, cfg.extractors[name], "cpu")
+            sub = clips[: args.visual_clips] if name == "visual" else clips
+            r = time_extractor(ext, sub, fit_clips=fit)
+            if name == "visual":
+                r["images_per_s"] = r["frames_per_s"]
+                r["gflops"] = round(r["images_per_s"] * RESNET50_GFLOP, 1)
+                if "matmul_gflops" in res:
+                    rate = res["matmul_gflops"]["bf16" if r["precision"] == "bf16" else "fp32"]
+                    r["fraction_of_matmul_rate_same_precision"] = round(r["gflops"] / rate, 3)
+                    r["fraction_of_fp32_matmul_rate"] = round(r["gflops"] / res["matmul_gflops"]["fp32"], 3)
+            if name in cfg.extract.modalities:  # the stages of the default end-to-end run
+                # Whole-corpus extraction time (fit excluded, as in run_extract's loop timer).
+                stage_times[name] = r["seconds"] * len(clips) / len(sub)
+            res["extractors"][name] = r
+            print(name, r, flush=True)
+            save()
+        # Text: the fight clips have no titles; the msrvtt-mini pseudo captions stand in.
+        import yaml
+
+        captions = yaml.safe_load(Path(args.captions).read_text())
+        empty = np.zeros((1, 2, 2, 3), np.uint8)
+        tclips = [Clip(video_id=k, frames=empty, frame_times=np.zeros(1), frame_indices=np.zeros(1, np.int64),
+                       audio=None, sample_rate=16000, title=str(v), duration=1.0, fps=1.0) for k, v in captions.items()]
+        for name in [n for n in ("text", "text_doc2vec") if n in args.extractors]:
+            ext = build_extractor(name, cfg.extractors[name], "cpu")
+            r = time_extractor(ext, tclips * 10, fit_clips=tclips)
+            r["note"] = "msrvtt-mini pseudo captions x10 (texts/s = clips_per_s)"
+            res["extractors"][name] = r
+            print(name, r, flush=True)
+            if name == "text":
+                stage_times[name] = 0.0  # no titles in the fight clips: nothing to do there
+        res["stage_times_s"] = {k: round(v, 2) for k, v in stage_times.items() if not k.startswith("_")}
+        save()
+
+    if "resnet8" not in args.skip:
+        res["resnet50_8frames_decode_included"] = resnet_decode_included(paths[: args.resnet8_clips], args.workers, args.threads)
+        save()
+
+    if "e2e" not in args.skip:
+        res["end_to_end"] = pipeline_end_to_end(data, args.e2e_clips or args.limit, args.workers, stage_times)
+        print("end to end:", res["end_to_end"], flush=True)
+        save()
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

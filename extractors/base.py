@@ -1,0 +1,194 @@
+"""What every extractor shares: the `Features` record, the `Extractor` base class, the precision
+switch (bf16 autocast + channels_last where the hardware runs it fast) and the weight-file
+loader (torch hub cache with checksum, a clear error when a file is missing offline).
+
+One family per file next to this one; `extractors/__init__.py` maps YAML `family:` names to them.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Features:
+    """One video's output for one modality: a pooled vector and (optionally) a sequence."""
+
+    pooled: np.ndarray                  # (D,) float32
+    sequence: np.ndarray | None = None  # (T, D) float32: per frame / audio example / token / segment
+
+
+class WeightsNotFound(FileNotFoundError):
+    """A pretrained weight file is not on disk and could not be downloaded."""
+
+
+class Extractor:
+    """Base class. Subclasses set `family`, `dim`, implement `extract` (and `fit` when they learn
+    from the corpus). `cfg` is `cfg.extractors.<name>` (a dict or DictConfig)."""
+
+    family: str = ""
+    modality: str = ""
+    needs_fit: bool = False
+    dim: int = 0
+
+    def __init__(self, cfg: Mapping[str, Any] | None, device: str = "cpu"):
+        cfg = _plain(cfg or {})
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.modality = cfg.get("modality", self.modality or self.family)
+        self.seed = int(cfg.get("seed", 0))
+        self.fitted = not self.needs_fit
+
+    # -- the interface -------------------------------------------------------------------------
+    def extract(self, clips: list) -> list[Features | None]:
+        raise NotImplementedError
+
+    def fit(self, clips: list) -> None:
+        raise TypeError(f"{type(self).__name__} learns nothing from the corpus (needs_fit=False)")
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no fitted state, got keys {sorted(state)}")
+
+    def metadata(self) -> dict:
+        from pipeline.config import versions
+
+        return {"family": self.family, "modality": self.modality, "dim": self.dim,
+                "device": str(self.device), "config": dict(self.cfg), "versions": versions(),
+                "fitted": self.fitted}
+
+    def _check_fitted(self):
+        if not self.fitted:
+            raise RuntimeError(f"extractor {self.modality!r} ({self.family}) must be fit on the corpus "
+                               "(or given its saved state) before extract()")
+
+
+def _plain(cfg) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # omegaconf is a pipeline dependency; plain dicts work without it
+        pass
+    return dict(cfg)
+
+
+# -- precision ---------------------------------------------------------------------------------
+def cpu_has_fast_bf16() -> bool:
+    """True when oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX). On older CPUs bf16
+    is emulated and slower than fp32, so `precision: auto` stays in fp32 there."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+    except OSError:  # not Linux: trust oneDNN's answer
+        return True
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' on CUDA and on CPUs with native bf16, else 'fp32'."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto|fp32|bf16, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device):
+    """Run small-tensor CPU work (trajectory maps, k-means, the DAE's 500-unit layers) on one
+    thread: for such work, intra-op threads (torch, OpenMP in scikit-learn, BLAS) cost more in
+    synchronisation than they gain, up to 20x slower when the cores are shared (measured:
+    k-means 512 x 20k points, 5 s on one thread vs 105 s on two under load). Throughput comes
+    from the decode workers and from batching the big networks instead."""
+    if device.type != "cpu":
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- weights -----------------------------------------------------------------------------------
+HASH_RE = re.compile(r"-([a-f0-9]{8,64})\.")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes")
+               for k in ("MICROVIDEO_OFFLINE", "HF_HUB_OFFLINE", "TORCH_HUB_OFFLINE"))
+
+
+def hub_checkpoint(url: str, timeout_s: float = 10.0) -> Path:
+    """Path of `url`'s file in the torch hub cache (`torch.hub.get_dir()/checkpoints/<file>`),
+    downloading it when absent. The sha256 prefix in the file name (torchvision / torch hub
+    convention, e.g. resnet50-11ad3fa6.pth) is checked. Raises WeightsNotFound naming the file and
+    the folder to put it in when it is absent and cannot be downloaded; the download attempt has
+    a short socket timeout so an offline machine fails fast instead of hanging."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    name = os.path.basename(url)
+    path = folder / name
+    if not path.exists():
+        if _offline():
+            reason = "offline mode is set (MICROVIDEO_OFFLINE / HF_HUB_OFFLINE / TORCH_HUB_OFFLINE)"
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            old = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(timeout_s)
+            try:
+                torch.hub.download_url_to_file(url, str(path), hash_prefix=None, progress=False)
+                reason = ""
+            except Exception as e:  # no network, DNS failure, HTTP error: all mean "not here"
+                reason = f"download failed: {type(e).__name__}: {e}"
+            finally:
+                socket.setdefaulttimeout(old)
+        if not path.exists():
+            raise WeightsNotFound(
+                f"pretrained weights {name} are not in {folder} and cannot be fetched ({reason}). "
+                f"Download {url} on a machine with internet and copy it to {path} "
+                f"(or set TORCH_HOME so that <TORCH_HOME>/hub/checkpoints/{name} exists), "
+                f"or set `weights: random` in the extractor's YAML for untrained features.")
+    m = HASH_RE.search(name)
+    digest = sha256_file(path)
+    if m and not digest.startswith(m.group(1)):
+        raise ValueError(f"checksum mismatch for {path}: sha256 {digest[:16]}..., the file name "
+                         f"expects a prefix {m.group(1)}; the file is corrupt or not the published one")
+    return path
