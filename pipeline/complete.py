@@ -1,23 +1,27 @@
 """Missing-modality completion by low-rank matrix factorization (the `complete` stage).
 
 NMCL (§4.3) fills in the modalities a video lacks with a rank-100, regularized factorization of
-the matrix that stacks every video's concatenated pooled features. Here that matrix is completed
-with softImpute-ALS (Hastie, Mazumder, Lee & Zadeh, "Matrix completion and low-rank SVD via fast
-alternating least squares", JMLR 16, 2015, Algorithm 3.1), which minimizes the maximum-margin
-factorization criterion
+the matrix that stacks every video's concatenated pooled features. Following Hastie, Mazumder,
+Lee & Zadeh ("Matrix completion and low-rank SVD via fast alternating least squares", JMLR 16,
+2015) we minimize the maximum-margin factorization criterion
 
     F(A, B) = 1/2 ||P_Ω(X - A Bᵀ)||²_F + λ/2 (||A||²_F + ||B||²_F),   A: N×r, B: D×r
 
 whose solution is also the rank-r solution of the nuclear-norm problem
-min_M 1/2 ||P_Ω(X - M)||²_F + λ ||M||_* when r is large enough. Each half step fills the missing
-entries with the current fit, X* = P_Ω(X) + P_Ω⊥(A Bᵀ), and solves a ridge regression on the
-filled matrix (paper eqs. 20-23), so an iteration is two dense matmuls over X plus two thin SVDs.
+min_M 1/2 ||P_Ω(X - M)||²_F + λ ||M||_* when r is large enough, and fill the holes with A Bᵀ.
+Two solvers of F, both written as dense torch matmuls (GPU when present):
 
-Why this is cheap here: a video lacks *whole modalities*, so the missing entries are a few
-(row set, column block) rectangles. X* is kept in the working matrix itself: the missing
-rectangles are overwritten with (U D²Vᵀ)[rows, block], one batched matmul per modality, and the
-observed entries are never written. Memory is one float32 copy of X (2.5 GB at 270k × 2,348)
-plus the factors; row chunks bound the temporaries.
+* "als" (default): the paper's alternating ridge regressions on the observed entries. A video
+  lacks *whole modalities*, so the rows fall into a handful of missing patterns and the columns
+  into a handful of blocks: one r×r system per pattern / per block, and the right-hand sides of
+  all rows are one matmul X B with zeros in the holes. X is never written during the fit.
+* "softimpute-als": the paper's Algorithm 3.1 (fill the holes with the current fit, X* =
+  P_Ω(X) + P_Ω⊥(A Bᵀ), then ridge on X*, eqs. 20-23). Same cost per iteration and it takes an
+  elementwise mask, but a row lacking a large block moves towards its fit only a fraction per
+  iteration, so on block-missing data it needs more iterations (docs/complete.md has figures).
+
+Either way an iteration is two passes over X (Xᵀ A and X B); memory is one float32 copy of X
+(2.5 GB at 270k × 2,348) plus the factors, and row chunks bound the temporaries.
 
 `run_complete` reads the pooled modalities from the store, standardizes each column over the
 videos that have it, completes, undoes the standardization and writes every modality `m` as the
@@ -29,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -67,7 +72,9 @@ def _thin_svd(M: torch.Tensor):
     U = M R S⁻¹. Several times faster than a direct SVD for n in the 100,000s; components with a
     vanishing singular value (soft-thresholded away) get U columns of 0, which leaves the fit,
     the only thing they enter, unchanged."""
-    evals, R = torch.linalg.eigh(M.T.double() @ M.double())
+    gram = (M.T @ M).double()
+    with _one_thread():
+        evals, R = torch.linalg.eigh(gram)
     evals, R = evals.flip(0).clamp_min(0), R.flip(1)
     s = evals.sqrt()
     alive = s > s[0] * 1e-6
@@ -98,6 +105,25 @@ def lambda_max(X: torch.Tensor, iters: int = 20, seed: int = 0) -> float:
     return sigma
 
 
+@contextmanager
+def _one_thread():
+    """Run tiny r×r LAPACK calls on one CPU thread: with several OpenMP threads on busy cores
+    they spin-wait and take 100× longer (measured: 0.17 s instead of 0.1 ms for r = 100)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _spd_inverse(G: torch.Tensor) -> torch.Tensor:
+    """Inverse of a symmetric positive definite r×r matrix (a ridge Gram matrix), via Cholesky in
+    float64: one small inverse then a big matmul beats a solve with many right-hand sides."""
+    with _one_thread():
+        return torch.cholesky_inverse(torch.linalg.cholesky(G.double())).to(G.dtype)
+
+
 def _als_blocks(X: torch.Tensor, observed: torch.Tensor, spans: list[tuple[int, int]], r: int, lam: float,
                 tol: float, max_iters: int, seed: int, callback, info: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact alternating ridge regressions on the observed entries only (the paper's "ALS", §3),
@@ -111,8 +137,13 @@ def _als_blocks(X: torch.Tensor, observed: torch.Tensor, spans: list[tuple[int, 
     """
     N, D = X.shape
     device = X.device
-    patterns, inverse = torch.unique(observed, dim=0, return_inverse=True)
-    groups = [(patterns[p], (inverse == p).nonzero().squeeze(1)) for p in range(len(patterns))]
+    # Missing patterns as integers (bit k = block k observed); the most common one (usually
+    # "everything observed") is solved for all rows at once, the others overwrite their rows.
+    codes = (observed.long() << torch.arange(len(spans), device=device)).sum(1)
+    values, counts = torch.unique(codes, return_counts=True)
+    order = counts.argsort(descending=True)
+    common = int(values[order[0]])
+    groups = [(int(v), (codes == v).nonzero().squeeze(1)) for v in values[order[1:]].tolist()]
     lacking = [(~observed[:, k]).nonzero().squeeze(1) for k in range(len(spans))]
     ridge = lam * torch.eye(r, device=device)
     observed_sq = sum(float(X[s:s + 16384].square().sum(dtype=torch.float64)) for s in range(0, N, 16384))
@@ -124,19 +155,21 @@ def _als_blocks(X: torch.Tensor, observed: torch.Tensor, spans: list[tuple[int, 
         XtA, AtA = X.T @ A, A.T @ A                                   # [D, r], [r, r]
         B = torch.empty(D, r, device=device)
         for (c0, c1), rows in zip(spans, lacking):
-            gram = AtA - A[rows].T @ A[rows] + ridge
-            B[c0:c1] = torch.linalg.solve(gram, XtA[c0:c1].T).T
+            B[c0:c1] = XtA[c0:c1] @ _spd_inverse(AtA - A[rows].T @ A[rows] + ridge)
         XB = X @ B                                                    # [N, r]
         block_gram = [B[c0:c1].T @ B[c0:c1] for c0, c1 in spans]
-        A = torch.empty(N, r, device=device)
-        fit_sq = 0.0
-        for pattern, rows in groups:
-            gram = sum(block_gram[k] for k in range(len(spans)) if pattern[k])
-            A[rows] = torch.linalg.solve(gram + ridge, XB[rows].T).T
-            fit_sq += float((A[rows].T @ A[rows] * gram).sum(dtype=torch.float64))
-        # F(A, B) = 1/2 ||P_Ω(X - ABᵀ)||² + λ/2 (||A||² + ||B||²), expanded into r×r products.
-        resid = observed_sq - 2 * float((XB * A).sum(dtype=torch.float64)) + fit_sq
-        objective = 0.5 * max(resid, 0.0) + 0.5 * lam * float(A.square().sum() + B.square().sum())
+
+        def gram_of(code: int) -> torch.Tensor:
+            return sum(block_gram[k] for k in range(len(spans)) if code >> k & 1) + ridge
+
+        A = XB @ _spd_inverse(gram_of(common))
+        for code, rows in groups:
+            A[rows] = XB[rows] @ _spd_inverse(gram_of(code))
+        # F(A, B) = 1/2 ||P_Ω(X - ABᵀ)||² + λ/2 (||A||² + ||B||²). Since each a_i solves its
+        # ridge system, Σ_i a_iᵀ(B_Oᵢᵀ B_Oᵢ + λI)a_i = <A, XB>, so F = 1/2 (||P_Ω X||² - <A, XB>)
+        # + λ/2 ||B||²: no extra pass over anything N-sized but one dot product.
+        objective = 0.5 * (observed_sq - float((XB * A).sum(dtype=torch.float64))) \
+            + 0.5 * lam * float(B.square().sum(dtype=torch.float64))
         change = (info["objective"] - objective) / objective if it > 1 else float("inf")
         info.update(iterations=it, objective=objective, change=change)
         info["history"].append({"iteration": it, "objective": objective, "change": change,
@@ -321,7 +354,7 @@ def run_complete(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         if not names:
             return {"skipped": True, "reason": "the store has no pooled modalities"}
         seed = int(c.seed if c.get("seed") is not None else cfg.seed)
-        params = {k: to_dict(c).get(k) for k in ("rank", "lambda", "tol", "max_iters")} | {"seed": seed,
+        params = {k: to_dict(c).get(k) for k in ("method", "rank", "lambda", "tol", "max_iters")} | {"seed": seed,
                                                                                           "modalities": names}
         fingerprint = _source_fingerprint(catalog, names, params)
         done = [infos.get(m + SUFFIX) for m in names]
@@ -365,7 +398,7 @@ def run_complete(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         try:
             X, info = soft_impute_als(X, observed, rank=int(c.rank), lam=lam, tol=float(c.tol),
                                       max_iters=int(c.max_iters), seed=seed, device=device, blocks=dims,
-                                      inplace=True, chunk_rows=int(c.chunk_rows),
+                                      method=str(c.method), inplace=True, chunk_rows=int(c.chunk_rows),
                                       callback=show if bar is not None else None)
         finally:
             if bar is not None:
@@ -374,6 +407,7 @@ def run_complete(cfg, out_dir: str | Path, progress: bool = True) -> dict:
         # Write every modality for every row: observed rows are the stored float16 values copied
         # as they are; missing rows are the completion, back in the modality's own units.
         t1 = time.perf_counter()
+        versions_ = versions()
         missing = {}
         for k, m in enumerate(names):
             (c0, c1) = spans[k]
@@ -385,12 +419,12 @@ def run_complete(cfg, out_dir: str | Path, progress: bool = True) -> dict:
                 block = X[idx, c0:c1] * std[c0:c1] + mean[c0:c1]
                 values[holes[s:s + int(c.chunk_rows)]] = block.cpu().numpy().astype(values.dtype)
             meta = {"completed_from": m, "observed_mask_of": m, "modalities_completed_jointly": names,
-                    "method": "softImpute-ALS (Hastie, Mazumder, Lee & Zadeh, JMLR 2015, Algorithm 3.1)",
+                    "method": info["method"], "reference": "Hastie, Mazumder, Lee & Zadeh, JMLR 16 (2015)",
                     "rank": info["rank"], "lambda_relative": float(c["lambda"]), "lambda": lam,
                     "iterations": info["iterations"], "objective": info["objective"],
                     "converged": info["converged"], "rows": len(ids), "missing_rows": len(holes),
                     "source_fingerprint": fingerprint, "source_meta": infos[m].meta,
-                    "config": to_dict(c), "seed": seed, "device": device, "versions": versions()}
+                    "config": to_dict(c), "seed": seed, "device": device, "versions": versions_}
             with store.writer(m + SUFFIX, "pooled", dims[m], meta) as w:
                 for i, vid in enumerate(ids):
                     w.add(vid, values[i])
@@ -400,10 +434,10 @@ def run_complete(cfg, out_dir: str | Path, progress: bool = True) -> dict:
                    "rank": info["rank"], "lambda": lam, "lambda_relative": float(c["lambda"]),
                    "iterations": info["iterations"], "converged": info["converged"],
                    "objective": info["objective"], "change": info["change"],
-                   "effective_rank": info["effective_rank"], "device": device,
+                   "method": info["method"], "device": device,
                    "seconds": {"read": read_s, "complete": info["seconds"], "write": time.perf_counter() - t1}}
         write_json(out_dir / "summaries" / f"complete-{time.strftime('%Y%m%d-%H%M%S')}.json",
-                   {"summary": summary, "history": info["history"], "config": to_dict(cfg), "versions": versions()})
+                   {"summary": summary, "history": info["history"], "config": to_dict(cfg), "versions": versions_})
         return summary
     finally:
         catalog.close()

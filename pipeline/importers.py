@@ -293,7 +293,9 @@ def import_features(spec_yaml: str | Path, out_dir: str | Path, root: str | Path
     missing = {}
     try:
         cat.upsert_videos(rows)
-        if spec.get("label_names") is not None:
+        if spec.get("multilabel") and spec.get("label_names") is not None:
+            # A fixed vocabulary tells the trainer the task is multi-label (pipeline/train.py);
+            # single-label sets keep the default: the sorted labels that occur.
             names = spec["label_names"]
             cat.set_class_names(list(names.values()) if isinstance(names, dict) else list(names))
         for modality, parts in features.items():

@@ -49,7 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from .catalog import StageUpdate
 from .config import resolve_device, to_dict, versions
 from .decode import DecodeError, DecodeOptions
-from .stages import (ExtractSummary, _fit_extractors, decode_stream, extract_clips, open_output,
+from .stages import (ExtractSummary, _fit_extractors, build_extractors, decode_stream, extract_clips, open_output,
                      videos_to_extract, write_json)
 from .store import FeatureStore
 
@@ -107,8 +107,6 @@ class ExtractActor:
     """A Ray Data callable class: built once per actor, called once per batch of video rows."""
 
     def __init__(self, cfg: dict, out_dir: str, use_gpu: bool, decode_workers: int):
-        from extractors import build_extractor
-
         self.cfg = OmegaConf.create(cfg)
         self.out_dir = Path(out_dir)
         # Ray points CUDA_VISIBLE_DEVICES at this actor's GPU(s), so "cuda" is the right one.
@@ -117,8 +115,7 @@ class ExtractActor:
         self.options = DecodeOptions.from_config(self.cfg.decode)
         names = list(self.cfg.extract.modalities)
         # Same seed, same build order as the local engine: random-init weights come out equal.
-        torch.manual_seed(self.cfg.seed)
-        self.extractors = {m: build_extractor(m, self.cfg.extractors[m], self.device) for m in names}
+        self.extractors = build_extractors(self.cfg, names, self.device)
         _load_fitted(self.extractors, self.out_dir)
         # Worker-side store: shard files are written here, catalog records wait in `pending`.
         # No time-based flushing: every batch ends with a flush anyway.
@@ -188,7 +185,7 @@ def _merge(total: ExtractSummary, part: dict) -> None:
 def _fit_on_driver(cfg: DictConfig, todo: list[dict], out_dir: Path) -> None:
     """Fit corpus-fitted extractors exactly as the local engine does (same seed, same build
     order, same sample), once, on the driver; actors load the saved states."""
-    from extractors import FAMILIES, build_extractor
+    from extractors import FAMILIES
 
     names = list(cfg.extract.modalities)
     missing = [m for m in names if FAMILIES[cfg.extractors[m].family].needs_fit
@@ -196,8 +193,7 @@ def _fit_on_driver(cfg: DictConfig, todo: list[dict], out_dir: Path) -> None:
     if not missing:
         return
     device = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
-    torch.manual_seed(cfg.seed)
-    extractors = {m: build_extractor(m, cfg.extractors[m], device) for m in names}
+    extractors = build_extractors(cfg, names, device)
     _fit_extractors(extractors, todo, cfg, out_dir, DecodeOptions.from_config(cfg.decode))
 
 

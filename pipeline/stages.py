@@ -208,9 +208,16 @@ def videos_to_extract(catalog: Catalog, modalities: list[str], retry_failed: boo
     return todo
 
 
-def run_extract(cfg: DictConfig, out_dir: str | Path, progress: bool = True, limit: int | None = None) -> ExtractSummary:
+def build_extractors(cfg: DictConfig, names: list[str], device: str) -> dict:
+    """Every engine builds its extractors here, in the same order with the run's seed, so random
+    weights, codebooks, DAE and Doc2Vec come out the same in the local and the Ray engine."""
     from extractors import build_extractor
 
+    torch.manual_seed(cfg.seed)
+    return {m: build_extractor(m, OmegaConf.merge(cfg.extractors[m], {"seed": cfg.seed}), device) for m in names}
+
+
+def run_extract(cfg: DictConfig, out_dir: str | Path, progress: bool = True, limit: int | None = None) -> ExtractSummary:
     out_dir = Path(out_dir)
     catalog, store = open_output(cfg, out_dir)
     store.collect_garbage()
@@ -221,9 +228,7 @@ def run_extract(cfg: DictConfig, out_dir: str | Path, progress: bool = True, lim
         catalog.close()
         return summary
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    # extractors with randomness (random weights, codebooks, DAE, Doc2Vec) take the run's seed
-    extractors = {m: build_extractor(m, OmegaConf.merge(cfg.extractors[m], {"seed": cfg.seed}), device) for m in names}
+    extractors = build_extractors(cfg, names, device)
     options = DecodeOptions.from_config(cfg.decode)
     _fit_extractors(extractors, todo, cfg, out_dir, options)
 

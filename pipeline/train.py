@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -87,12 +86,10 @@ def split_indices(task: dict, val_fraction: float, seed: int) -> dict[str, np.nd
         if len(pool) < 2:
             raise ValueError(f"only {len(pool)} labeled training video(s): cannot hold out a validation split")
         y = task["labels"][pool].argmax(1)
-        stratify = None
-        if not task["multilabel"] and np.bincount(y).min(initial=len(y)) >= 2 and np.bincount(y)[np.unique(y)].min() >= 2:
-            stratify = y
         n_val = max(1, int(round(val_fraction * len(pool))))
-        if stratify is not None and n_val < len(np.unique(y)):
-            stratify = None   # too few validation videos to hold one of each class
+        classes, counts = np.unique(y, return_counts=True)
+        # stratify when every class can give one video to each side
+        stratify = y if not task["multilabel"] and counts.min() >= 2 and n_val >= len(classes) else None
         pool, val = train_test_split(pool, test_size=n_val, random_state=seed, stratify=stratify)
     return {"train": np.sort(pool), "val": np.sort(val), "test": test}
 
@@ -179,26 +176,32 @@ def setup_distributed(device: str) -> str:
 
 def launch_distributed(nproc: int, argv: Sequence[str], module: str | None = None,
                        script: str | Path | None = None) -> int:
-    """Run `python -m torch.distributed.run --standalone --nproc_per_node N <entry> argv...` and
-    return its exit code. The entry is `script` (default: run_pipeline.py at the project root) or
-    `python -m module`; `--nproc N` is removed from argv so the workers do not launch again."""
+    """What `python -m torch.distributed.run --standalone --nproc_per_node N <entry> argv...`
+    does, and return 0 / 1. The entry is `script` (default: run_pipeline.py at the project root)
+    or `python -m module`; `--nproc N` is removed from argv so the workers do not launch again.
+
+    torchrun's own argument parser is given only its options: parsing our argv with it would
+    reject options that prefix-match torchrun's (`--run` vs `--run-path`)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
     args, skip = [], False
     for a in argv:
         if skip:
             skip = False
-            continue
-        if a == "--nproc":
+        elif a == "--nproc":
             skip = True
-            continue
-        if not a.startswith("--nproc="):
+        elif not a.startswith("--nproc="):
             args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}"]
-    if module:
-        cmd += ["-m", module]
-    else:
-        cmd.append(str(script or Path(__file__).resolve().parent.parent / "run_pipeline.py"))
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.call(cmd + args, env=env)
+    entry = ["-m", module] if module else [str(script or Path(__file__).resolve().parent.parent / "run_pipeline.py")]
+    launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={int(nproc)}", *entry])
+    launch.training_script_args = args
+    try:
+        run(launch)
+    except ChildFailedError as e:
+        print(f"distributed training failed: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -209,12 +212,24 @@ def _save(path: Path, obj: dict) -> None:
 
 
 def _pack_extra(extra: dict) -> dict:
-    # The co-occurrence matrix is C x C but sparse (3,862 classes: 60 MB dense): store it sparse.
-    return {k: (v.to_sparse() if k == "label_cooccurrence" else v) for k, v in extra.items()}
+    """The co-occurrence matrix is C x C but sparse (3,862 classes: 60 MB dense): store only its
+    non-zero entries."""
+    out = dict(extra)
+    if "label_cooccurrence" in out:
+        dense = torch.as_tensor(out["label_cooccurrence"])
+        nz = dense.nonzero().T
+        out["label_cooccurrence"] = {"indices": nz, "values": dense[nz[0], nz[1]], "shape": list(dense.shape)}
+    return out
 
 
 def _unpack_extra(extra: dict) -> dict:
-    return {k: (v.to_dense() if isinstance(v, torch.Tensor) and v.is_sparse else v) for k, v in extra.items()}
+    out = dict(extra)
+    packed = out.get("label_cooccurrence")
+    if isinstance(packed, dict):
+        dense = torch.zeros(packed["shape"], dtype=packed["values"].dtype)
+        dense[packed["indices"][0], packed["indices"][1]] = packed["values"]
+        out["label_cooccurrence"] = dense
+    return out
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -419,6 +434,8 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
         step = start_epoch * len(loader)
         for epoch in range(start_epoch, int(tcfg.epochs)):
             sampler.set_epoch(epoch)
+            if hasattr(model, "set_progress"):   # schedules inside a model (MART's masking ratio)
+                model.set_progress(epoch / max(1, int(tcfg.epochs)))
             net.train()
             total, count = 0.0, 0
             with video_progress(f"{model_name} epoch {epoch + 1}/{tcfg.epochs}", len(loader), show, unit="batches") as advance:
@@ -433,15 +450,19 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
                         torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
                     optimizer.step()
                     scheduler.step()
-                    total += float(loss) * len(batch["video_ids"])
+                    total += float(loss.detach()) * len(batch["video_ids"])
                     count += len(batch["video_ids"])
                     if writer is not None and step % log_every == 0:
-                        writer.add_scalar("train/loss", float(loss), step)
+                        writer.add_scalar("train/loss", float(loss.detach()), step)
                         for name, value in out["losses"].items():
-                            writer.add_scalar(f"train/{name}", float(value), step)
+                            writer.add_scalar(f"train/{name}", float(value.detach()), step)
                         writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                     step += 1
                     advance(1)
+            if world > 1:   # the epoch's training loss over every rank's share
+                sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+                dist.all_reduce(sums)
+                total, count = float(sums[0]), int(sums[1])
             _, scores, labels, val_loss = predict_scores(model, val_loader, device, task["multilabel"], amp)
             metrics = compute_metrics(scores, labels, task["multilabel"], threshold, top_k)
             value = metrics[monitor]
@@ -648,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", default=None, type=Path)
     p.add_argument("--config", default=None, type=Path)
     p.add_argument("overrides", nargs="*")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     if a.command == "train" and a.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_distributed(a.nproc, list(sys.argv[1:] if argv is None else argv), module="pipeline.train")
     cfg = load_config(a.config, a.overrides)
