@@ -16,8 +16,9 @@ Exit status: 0 all good, 1 something failed (listed in the summary), 2 bad usage
 """
 from __future__ import annotations
 
+import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import List, Optional
 
@@ -166,10 +167,12 @@ def train(out: Path = OUT, model: str = typer.Option("nmcl", "--model", "-m"),
     """Train a classifier on the store: best/last checkpoints, metrics.json, TensorBoard logs."""
     from . import train as training
 
-    if nproc > 1:
-        raise typer.Exit(training.launch_distributed(nproc, sys.argv[1:]))
+    if nproc > 1:  # this process holds the folder; the torchrun workers it starts skip the lock
+        with _locked(out):
+            code = training.launch_distributed(nproc, sys.argv[1:])
+        raise typer.Exit(code)
     cfg = _cfg(config, overrides, device)
-    with _locked(out):
+    with (nullcontext() if "WORLD_SIZE" in os.environ else _locked(out)):
         if folds > 1:
             result = training.run_cross_validation(cfg, out, model, folds=folds)
         else:

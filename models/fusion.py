@@ -1,0 +1,87 @@
+"""The four fusion baselines of NMCL §5.1.2 (Wei et al., TIP 2020):
+
+* Early Fusion  - concatenate the modalities' vectors (NMCL Eq. 1, x = [x_v; x_a; x_t]) and
+                  classify with an MLP.
+* Late Fusion   - one MLP classifier per modality; the predictions are averaged.
+* Early+Att     - the concatenated vector goes through NMCL's category attention network
+                  (Eq. 15-16, `models.nmcl.CategoryAttention`).
+* Late+Att      - one category attention network per modality, predictions averaged.
+
+Absent modalities enter early fusion as zeros (they cannot change the output: their values are
+never read); late fusion averages only the modalities that are present. Late fusion averages
+logits, so (like any late fusion) it cannot express label rules that need an interaction
+between modalities (an XOR across modalities), only rules where each modality adds evidence.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import masked_mean, mlp, pooled_dims, pooled_view, zero
+from .nmcl import CategoryAttention
+
+
+class _Fusion(nn.Module):
+    """Shared plumbing: read the pooled views, run `self.classify`, return the model dict."""
+
+    def __init__(self, dims: dict):
+        super().__init__()
+        self.in_dims = pooled_dims(dims)
+        self.names = list(self.in_dims)
+
+    def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {m: pooled_view(batch, m) for m in self.names}
+
+    def present(self, batch: dict) -> torch.Tensor:
+        return torch.stack([batch["present"][m] for m in self.names], 1)  # [B, M]
+
+    @staticmethod
+    def output(logits: torch.Tensor) -> dict:
+        return {"logits": logits, "aux_loss": zero(logits), "losses": {}}
+
+
+class EarlyFusion(_Fusion):
+    def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
+        super().__init__(dims)
+        self.net = mlp(sum(self.in_dims.values()), int(cfg.get("hidden", 512)), num_classes,
+                       float(cfg.get("dropout", 0.0)), int(cfg.get("layers", 1)))
+
+    def forward(self, batch):
+        x = self.inputs(batch)
+        return self.output(self.net(torch.cat([x[m] for m in self.names], -1)))
+
+
+class LateFusion(_Fusion):
+    def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
+        super().__init__(dims)
+        hidden, dropout, layers = int(cfg.get("hidden", 512)), float(cfg.get("dropout", 0.0)), int(cfg.get("layers", 1))
+        self.nets = nn.ModuleDict({m: mlp(d, hidden, num_classes, dropout, layers) for m, d in self.in_dims.items()})
+
+    def forward(self, batch):
+        x = self.inputs(batch)
+        per_modality = torch.stack([self.nets[m](x[m]) for m in self.names], 1)  # [B, M, C]
+        return self.output(masked_mean(per_modality, self.present(batch)))
+
+
+class EarlyAtt(_Fusion):
+    def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
+        super().__init__(dims)
+        self.net = CategoryAttention(sum(self.in_dims.values()), num_classes, int(cfg.get("attn_dim", 128)),
+                                     float(cfg.get("dropout", 0.0)))
+
+    def forward(self, batch):
+        x = self.inputs(batch)
+        return self.output(self.net(torch.cat([x[m] for m in self.names], -1)))
+
+
+class LateAtt(_Fusion):
+    def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
+        super().__init__(dims)
+        attn_dim, dropout = int(cfg.get("attn_dim", 128)), float(cfg.get("dropout", 0.0))
+        self.nets = nn.ModuleDict({m: CategoryAttention(d, num_classes, attn_dim, dropout)
+                                   for m, d in self.in_dims.items()})
+
+    def forward(self, batch):
+        x = self.inputs(batch)
+        per_modality = torch.stack([self.nets[m](x[m]) for m in self.names], 1)
+        return self.output(masked_mean(per_modality, self.present(batch)))

@@ -1,0 +1,191 @@
+"""pipeline/train.py end to end on small synthetic stores: train -> checkpoints, metrics, logs;
+evaluate; predict; resume; task detection and splits; cross-validation; every model through the
+store; and DistributedDataParallel with 2 CPU processes matching 1 process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import train as training
+from pipeline.catalog import Catalog, VideoRow
+from pipeline.config import load_config
+from pipeline.store import FeatureStore
+from pipeline.train import load_model, run_cross_validation, run_evaluate, run_predict, run_train
+
+from test_models import SMALL   # small model configs, shared with the model tests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_store(out: Path, n=400, seed=0, multilabel=False, splits=False) -> dict:
+    """alpha: pooled 6-d; beta: pooled 5-d + 2-4 step sequences, absent for every 7th video.
+    Class = 2 [alpha_0 > 0] + [beta_0 > 0]; multi-label adds "extra" to videos with alpha_1 > 1."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(n, 6)).astype(np.float32), rng.normal(size=(n, 5)).astype(np.float32)
+    y = 2 * (a[:, 0] > 0) + (b[:, 0] > 0)
+    ids = [f"clip{i:04d}" for i in range(n)]
+    rows = []
+    for i, vid in enumerate(ids):
+        labels = [f"c{y[i]}"] + (["extra"] if multilabel and a[i, 1] > 1 else [])
+        split = (["train", "train", "train", "val"][i % 4] if splits else None)
+        rows.append(VideoRow(vid, labels=labels, split=split))
+    catalog = Catalog(out / "catalog.sqlite")
+    catalog.upsert_videos(rows)
+    store = FeatureStore(out, catalog, shard_size=64)
+    with store.writer("alpha", "pooled", 6) as w:
+        for i, vid in enumerate(ids):
+            w.add(vid, a[i])
+    with store.writer("beta", dims={"pooled": 5, "sequence": 5}) as w:
+        for i, vid in enumerate(ids):
+            if i % 7 != 3:
+                steps = 2 + i % 3
+                w.add(vid, pooled=b[i], sequence=b[i] + 0.1 * rng.normal(size=(steps, 5)).astype(np.float32))
+    catalog.close()
+    return {"ids": ids, "y": y}
+
+
+def config(*overrides, model="early_fusion"):
+    small = [f"models.{model}.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in SMALL.get(model, {}).items()]
+    return load_config(overrides=["device=cpu", "train.progress=false", "train.batch_size=32", "train.epochs=8",
+                                  "train.lr=0.005", "train.patience=20", "train.warmup_epochs=0", *small, *overrides])
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train_store")
+    make_store(out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_evaluate_predict(store_dir, tmp_path):
+    cfg = config("train.epochs=15")
+    result = run_train(cfg, store_dir, "early_fusion", run_name="ef")
+    run = store_dir / "runs" / "ef"
+    for name in ("best.pt", "last.pt", "metrics.json", "config.yaml"):
+        assert (run / name).exists(), name
+    assert list(run.glob("events.out.tfevents.*")), "TensorBoard events"
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["monitor"] == "accuracy" and not saved["multilabel"] and saved["num_classes"] == 4
+    assert saved["videos"]["train"] + saved["videos"]["val"] == 400 and saved["videos"]["val"] == 40
+    assert saved["best"]["accuracy"] >= 0.8, saved["best"]
+    assert len(saved["history"]) == 15 and "torch" in saved["versions"]
+
+    model, ckpt = load_model(run / "best.pt")
+    assert ckpt["class_names"] == ["c0", "c1", "c2", "c3"] and ckpt["dims"]["pooled"] == {"alpha": 6, "beta": 5}
+    assert ckpt["epoch"] == result["best_epoch"]
+
+    evaluated = run_evaluate(cfg, store_dir, run, split="val")
+    assert evaluated["metrics"]["accuracy"] == pytest.approx(saved["best"]["accuracy"])
+    assert json.loads((run / "eval-val.json").read_text())["metrics"]["accuracy"] == evaluated["metrics"]["accuracy"]
+
+    path = run_predict(cfg, store_dir, run, tmp_path / "pred.jsonl", top_k=2)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 400 and all(len(r["labels"]) == 2 for r in lines)
+    first = lines[0]["labels"]
+    assert first[0][1] >= first[1][1] and {lab for lab, _ in first} <= set(ckpt["class_names"])
+    above = run_predict(cfg, store_dir, run, tmp_path / "thr.jsonl", top_k=None, threshold=0.5,
+                        video_ids=["clip0000", "clip0003"])
+    rows = [json.loads(line) for line in above.read_text().splitlines()]
+    assert [r["video_id"] for r in rows] == ["clip0000", "clip0003"]
+    assert all(p >= 0.5 for r in rows for _, p in r["labels"]) and all(len(r["labels"]) <= 1 for r in rows)
+
+
+def test_resume_continues_exactly_where_it_stopped(store_dir):
+    full = run_train(config("train.epochs=4"), store_dir, "nmcl", run_name="full")
+    run_train(config("train.epochs=4", "train.stop_after_epochs=2"), store_dir, "nmcl", run_name="sliced")
+    assert len(json.loads((store_dir / "runs" / "sliced" / "metrics.json").read_text())["history"]) == 2
+    resumed = run_train(config("train.epochs=4"), store_dir, "nmcl", resume=store_dir / "runs" / "sliced")
+    assert resumed["run_dir"] == str(store_dir / "runs" / "sliced") and len(resumed["history"]) == 4
+    a = torch.load(store_dir / "runs" / "full" / "last.pt", weights_only=False)["model"]
+    b = torch.load(store_dir / "runs" / "sliced" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert resumed["history"][-1]["val_loss"] == pytest.approx(full["history"][-1]["val_loss"], abs=1e-6)
+
+
+def test_multilabel_task_and_catalog_splits(tmp_path):
+    make_store(tmp_path, n=160, multilabel=True, splits=True)
+    result = run_train(config("train.epochs=2"), tmp_path, "late_fusion", run_name="ml")
+    assert result["multilabel"] and result["monitor"] == "gap@20" and result["num_classes"] == 5
+    assert result["videos"] == {"train": 120, "val": 40, "test": 0}
+    ckpt = torch.load(tmp_path / "runs" / "ml" / "best.pt", weights_only=False)
+    assert all(int(v[4:]) % 4 == 3 for v in ckpt["split_ids"]["val"])   # the catalog's split column
+    for key in ("map", "gap@20", "hit@1", "coverage", "ranking_loss", "one_error", "hamming_loss"):
+        assert key in result["best"]
+
+
+def test_cross_validation(tmp_path):
+    make_store(tmp_path, n=120)
+    cv = run_cross_validation(config("train.epochs=2"), tmp_path, "early_fusion", folds=2)
+    assert len(cv["per_fold"]) == 2 and set(cv["summary"]["accuracy"]) == {"mean", "std"}
+    assert (tmp_path / "runs" / "early_fusion-cv2" / "cv.json").exists()
+    assert (tmp_path / "runs" / "early_fusion-cv2" / "fold-1" / "best.pt").exists()
+    accs = [f["accuracy"] for f in cv["per_fold"]]
+    assert cv["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_every_model_trains_evaluates_and_predicts_from_the_store(name, store_dir, tmp_path):
+    try:
+        training.model_class(name)
+    except ImportError as e:
+        pytest.skip(f"{name} cannot be imported: {e}")
+    cfg = config("train.epochs=1", "models.marnet.label_embeddings=random", model=name)
+    result = run_train(cfg, store_dir, name, run_name=f"every-{name}")
+    want = cfg.models[name].get("input", "pooled")
+    if want == "sequence":   # beta's sequences are used, alpha has only pooled vectors
+        assert result["modalities"] == {"pooled": ["alpha"], "sequence": ["beta"]}
+    else:
+        assert result["modalities"] == {"pooled": ["alpha", "beta"], "sequence": []}
+    run = Path(result["run_dir"])
+    assert np.isfinite(run_evaluate(cfg, store_dir, run)["metrics"]["loss"])
+    assert len(run_predict(cfg, store_dir, run, tmp_path / "p.jsonl").read_text().splitlines()) == 400
+
+
+def test_launch_distributed_drops_nproc_and_runs_torchrun(monkeypatch):
+    import torch.distributed.run as torchrun
+
+    seen = {}
+    monkeypatch.setattr(torchrun, "run", lambda args: seen.update(args=args))
+    argv = ["train", "--out", "o", "--run", "r", "--nproc", "2", "x=1"]
+    assert training.launch_distributed(2, argv, module="pipeline.train") == 0
+    args = seen["args"]
+    assert args.nproc_per_node == "2" and args.standalone and args.module
+    assert args.training_script == "pipeline.train"
+    assert args.training_script_args == ["train", "--out", "o", "--run", "r", "x=1"]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """DistributedDataParallel over 2 CPU processes (gloo) with the global batch split in two
+    gives the same weights and metrics as one process on the same seed (dropout off)."""
+    make_store(tmp_path, n=142)   # 128 training videos: 4 global batches of 32 (16 per process)
+    overrides = ["device=cpu", "train.progress=false", "train.batch_size=32", "train.epochs=3",
+                 "train.warmup_epochs=0", "models.early_fusion.hidden=16", "models.early_fusion.dropout=0.0"]
+    single = run_train(load_config(overrides=overrides), tmp_path, "early_fusion", run_name="one")
+    code = subprocess.run([sys.executable, "-m", "pipeline.train", "train", "--out", str(tmp_path),
+                           "--model", "early_fusion", "--run", "two", "--nproc", "2", *overrides],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert code.returncode == 0, code.stderr[-3000:]
+    two = json.loads((tmp_path / "runs" / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and single["world_size"] == 1
+    a = torch.load(tmp_path / "runs" / "one" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "runs" / "two" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    for h1, h2 in zip(single["history"], two["history"]):
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
+        assert h2["accuracy"] == pytest.approx(h1["accuracy"])
