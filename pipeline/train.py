@@ -94,11 +94,16 @@ def split_indices(task: dict, val_fraction: float, seed: int) -> dict[str, np.nd
     return {"train": np.sort(pool), "val": np.sort(val), "test": test}
 
 
-def model_inputs(store: FeatureStore, model_cfg, modalities: Sequence[str] | None) -> tuple[dict, dict]:
+def model_inputs(store: FeatureStore, model_cfg, modalities: Sequence[str] | None,
+                 use_completed: bool = False) -> tuple[dict, dict]:
     """({"pooled": [m...], "sequence": [m...]}, dims) to load for a model: its `input` layout
-    when the store has it for a modality, else the other one (models/common.py adapts)."""
+    when the store has it for a modality, else the other one (models/common.py adapts).
+    With `use_completed`, a pooled-input model reads `<m>@completed` (written by the complete
+    stage) instead of `<m>` wherever the store has it."""
     infos = store.modalities()
     names = list(modalities) if modalities else sorted(m for m in infos if "@" not in m)
+    if use_completed and model_cfg.get("input", "pooled") == "pooled":
+        names = [f"{m}@completed" if f"{m}@completed" in infos else m for m in names]
     missing = [m for m in names if m not in infos]
     if missing:
         raise ValueError(f"modalities {missing} are not in the store; it has {sorted(infos)}")
@@ -353,7 +358,7 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
             split = {k: np.array(v) for k, v in fixed_split.items()}
         else:
             split = split_indices(task, float(tcfg.get("val_fraction", 0.1)), int(cfg.seed))
-        inputs, dims = model_inputs(store, model_cfg, tcfg.get("modalities"))
+        inputs, dims = model_inputs(store, model_cfg, tcfg.get("modalities"), bool(tcfg.get("use_completed", False)))
         y = task["labels"]
         train_ds = _dataset(store, ids[split["train"]], inputs, y[split["train"]])
         val_ds = _dataset(store, ids[split["val"]], inputs, y[split["val"]])
