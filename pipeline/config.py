@@ -11,6 +11,7 @@ Every output of the pipeline records the resolved config (`to_dict`).
 """
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 from typing import Iterable
@@ -44,6 +45,11 @@ def to_dict(cfg: DictConfig) -> dict:
 
 def versions() -> dict:
     """Versions of everything that can change an output; recorded next to every output."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict:  # importing torchvision/transformers to read a version is slow: once
     import numpy
     import torch
 
