@@ -228,7 +228,8 @@ def status(out: Path = OUT):
 def import_yt8m_cmd(shards: List[Path] = typer.Argument(..., help="YouTube-8M TFRecord shards."),
                     out: Path = OUT, split: Optional[str] = typer.Option(None, help="train | val | test"),
                     vocabulary: Optional[Path] = typer.Option(None, help="vocabulary.csv (label names)."),
-                    config: Optional[Path] = CONFIG, overrides: Optional[List[str]] = OVERRIDES):
+                    config: Optional[Path] = CONFIG,
+                    overrides: Optional[List[str]] = typer.Option(None, "--set", help="key=value config override (repeatable).")):
     """YouTube-8M video- or frame-level TFRecord shards (no TensorFlow needed)."""
     from .importers import import_yt8m
 
@@ -247,7 +248,8 @@ def import_features_cmd(spec: Path = typer.Argument(..., help="YAML spec (see co
     from .importers import import_features
 
     with _locked(out):
-        console.print(import_features(spec, out))
+        summary = import_features(spec, out)  # a malformed file or spec raises, naming it
+    console.print(summary)
 
 
 @app.command("demo-data")

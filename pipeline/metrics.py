@@ -14,6 +14,24 @@ import numpy as np
 from sklearn import metrics as skm
 
 
+def average_precision_per_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """sklearn's average_precision_score for every column at once, same tie handling (precision
+    taken at the last row of each group of equal scores); NaN for a column with no positive.
+    sklearn's multi-label path slices one column at a time: ~75 s on 2,952 x 3,862 here."""
+    scores, y = np.asarray(scores, np.float64), np.asarray(labels) > 0
+    n = len(scores)
+    order = np.argsort(-scores, axis=0, kind="stable")
+    s, hit = np.take_along_axis(scores, order, 0), np.take_along_axis(y, order, 0)
+    tp = np.cumsum(hit, 0)
+    last = np.vstack([s[1:] != s[:-1], np.ones((1, s.shape[1]), bool)])
+    end = np.where(last, np.arange(n)[:, None], n)
+    end = np.minimum.accumulate(end[::-1], 0)[::-1]          # last row of each row's tie group
+    precision = np.take_along_axis(tp, end, 0) / (end + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (hit * precision).sum(0) / y.sum(0)
+
+
+
 def multiclass_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
     """scores [N, C] class probabilities, labels [N, C] one-hot (or [N] class indices)."""
     scores = np.asarray(scores, np.float64)
@@ -67,7 +85,7 @@ def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float 
     pred = (scores >= threshold).astype(int)
     has_pos = y.sum(0) > 0
     out = {
-        "map": skm.average_precision_score(y[:, has_pos], scores[:, has_pos], average="macro")
+        "map": float(np.mean(average_precision_per_class(scores[:, has_pos], y[:, has_pos])))
         if has_pos.any() else float("nan"),
         f"gap@{top_k}": gap_at_k(scores, y, top_k),
         "hit@1": hit_at_k(scores, y, 1),
