@@ -170,16 +170,21 @@ def _als_blocks(X: torch.Tensor, observed: torch.Tensor, spans: list[tuple[int, 
         # + λ/2 ||B||²: no extra pass over anything N-sized but one dot product.
         objective = 0.5 * (observed_sq - float((XB * A).sum(dtype=torch.float64))) \
             + 0.5 * lam * float(B.square().sum(dtype=torch.float64))
-        change = (info["objective"] - objective) / objective if it > 1 else float("inf")
-        info.update(iterations=it, objective=objective, change=change)
-        info["history"].append({"iteration": it, "objective": objective, "change": change,
-                                "seconds": time.perf_counter() - t0})
-        if callback is not None:
-            callback(info)
-        if change < tol:
-            info["converged"] = True
+        if _record_iteration(info, it, objective, t0, tol, callback):
             break
     return A, B
+
+
+def _record_iteration(info: dict, it: int, objective: float, t0: float, tol: float, callback) -> bool:
+    """Log one iteration's objective and relative decrease; True when it has converged."""
+    change = (info["objective"] - objective) / objective if it > 1 else float("inf")
+    info.update(iterations=it, objective=objective, change=change)
+    info["history"].append({"iteration": it, "objective": objective, "change": change,
+                            "seconds": time.perf_counter() - t0})
+    if callback is not None:
+        callback(info)
+    info["converged"] = change < tol
+    return info["converged"]
 
 
 def _softimpute_als(X: torch.Tensor, observed: torch.Tensor, spans, r: int, lam: float, tol: float,
@@ -214,14 +219,7 @@ def _softimpute_als(X: torch.Tensor, observed: torch.Tensor, spans, r: int, lam:
         XB = X @ (V * d)                                              # [N, r]
         U, d, R = _ridge_svd_step(XB, d, lam)
         V = V @ R
-        change = (info["objective"] - objective) / objective if it > 1 else float("inf")
-        info.update(iterations=it, objective=objective, change=change)
-        info["history"].append({"iteration": it, "objective": objective, "change": change,
-                                "seconds": time.perf_counter() - t0})
-        if callback is not None:
-            callback(info)
-        if change < tol:  # step 4, with the relative decrease of F as the convergence test
-            info["converged"] = True
+        if _record_iteration(info, it, objective, t0, tol, callback):  # step 4: relative decrease of F
             break
     # Step 5: M = X* V = Ũ D_σ Rᵀ; the output fit is Ũ diag((σ - λ)+) (V R)ᵀ.
     _fill_missing(X, observed, spans, U * d.square(), V, chunk_rows)

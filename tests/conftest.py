@@ -30,3 +30,12 @@ def demo_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     make_demo_dataset(root, per_class=3)
     return root
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run faster on one thread than on two fighting over a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -56,13 +56,7 @@ def build(name, dims, num_classes=4, multilabel=False, labels=None, seed=0):
     return build_model(name, model_cfg(name), dims, num_classes, multilabel, extra)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread beats two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two fighting
 
 
 # -- synthetic data ---------------------------------------------------------------------------

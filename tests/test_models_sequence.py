@@ -65,13 +65,7 @@ ABSENT = {m: [bool(v) for v in vs] for m, vs in ABSENT.items()}
 MODELS = list(SMALL)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two fighting
 
 
 # -- shared requirements ------------------------------------------------------------------------

@@ -63,12 +63,7 @@ def store_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two fighting
 
 
 def test_train_evaluate_predict(store_dir, tmp_path):
