@@ -39,3 +39,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def mark_presence(item: dict, modalities, is_missing, seq_dims: dict) -> dict:
+    """Fill a dataset item's `present`/`observed` and blank the features of modalities for
+    which `is_missing(m)` is true, exactly as the store does (zeros, empty sequence)."""
+    for m in modalities:
+        missing = bool(is_missing(m))
+        item["present"][m] = not missing
+        if missing:
+            if m in item["pooled"]:
+                item["pooled"][m] = torch.zeros_like(item["pooled"][m])
+            if m in item["sequence"]:
+                item["sequence"][m] = torch.zeros(0, seq_dims[m])
+    item["observed"] = dict(item["present"])
+    return item

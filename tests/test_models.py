@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from conftest import mark_presence
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
@@ -80,15 +81,8 @@ def make_items(n, seed=0, dims=DIMS, absent=None, num_classes=4):
         for m in dims["sequence"]:
             steps = int(torch.randint(2, 5, (1,), generator=g))
             it["sequence"][m] = base[m] + 0.1 * torch.randn(steps, len(base[m]), generator=g)
-        for m in base:
-            missing = bool(absent is not None and absent.get(m) is not None and absent[m][i])
-            it["present"][m] = not missing
-            if missing:
-                if m in it["pooled"]:
-                    it["pooled"][m] = torch.zeros_like(it["pooled"][m])
-                if m in it["sequence"]:
-                    it["sequence"][m] = torch.zeros(0, dims["sequence"][m])
-        it["observed"] = dict(it["present"])
+        mark_presence(it, base, lambda m: absent is not None and absent.get(m) is not None and absent[m][i],
+                      dims["sequence"])
         items.append(it)
     return items
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import mark_presence
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
@@ -45,15 +46,8 @@ def make_items(n, dims=DIMS, num_classes=5, seed=0, absent=None):
             it["pooled"][m] = torch.randn(d, generator=g)
         for m, d in dims["sequence"].items():
             it["sequence"][m] = torch.randn(int(torch.randint(2, 8, (1,), generator=g)), d, generator=g)
-        for m in {**dims["pooled"], **dims["sequence"]}:
-            missing = bool(absent and absent.get(m, [False] * n)[i])
-            it["present"][m] = not missing
-            if missing:
-                if m in it["pooled"]:
-                    it["pooled"][m] = torch.zeros_like(it["pooled"][m])
-                if m in it["sequence"]:
-                    it["sequence"][m] = torch.zeros(0, dims["sequence"][m])
-        it["observed"] = dict(it["present"])
+        mark_presence(it, {**dims["pooled"], **dims["sequence"]}, lambda m: absent and absent.get(m, [False] * n)[i],
+                      dims["sequence"])
         items.append(it)
     return items
 
