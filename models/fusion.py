@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .common import masked_mean, mlp, pooled_dims, pooled_view, zero
-from .nmcl import CategoryAttention
+from .nmcl import CategoryAttention, label_prior
 
 
 class _Fusion(nn.Module):
@@ -67,7 +67,7 @@ class EarlyAtt(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
         super().__init__(dims)
         self.net = CategoryAttention(sum(self.in_dims.values()), num_classes, int(cfg.get("attn_dim", 128)),
-                                     float(cfg.get("dropout", 0.0)))
+                                     float(cfg.get("dropout", 0.0)), label_prior(extra, multilabel))
 
     def forward(self, batch):
         x = self.inputs(batch)
@@ -78,7 +78,8 @@ class LateAtt(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
         super().__init__(dims)
         attn_dim, dropout = int(cfg.get("attn_dim", 128)), float(cfg.get("dropout", 0.0))
-        self.nets = nn.ModuleDict({m: CategoryAttention(d, num_classes, attn_dim, dropout)
+        prior = label_prior(extra, multilabel)
+        self.nets = nn.ModuleDict({m: CategoryAttention(d, num_classes, attn_dim, dropout, prior)
                                    for m, d in self.in_dims.items()})
 
     def forward(self, batch):

@@ -49,6 +49,11 @@ from torch import nn
 from .common import masked_mean, modality_names, pooled_dims, pooled_view, task_loss, zero
 
 
+def label_prior(extra: dict | None, multilabel: bool) -> torch.Tensor | None:
+    """Training label frequencies (from pipeline/train.py) for multi-label output biases."""
+    return (extra or {}).get("label_prior") if multilabel else None
+
+
 class CategoryAttention(nn.Module):
     """The attention network of NMCL (Eq. 15-16): category k owns a memory row M_k that, added
     to the sample's feature saliency s = W_s z, gives attention weights over the features,
@@ -59,7 +64,8 @@ class CategoryAttention(nn.Module):
     over d are matrix products: the cost is two (B x r) @ (r x C) products instead of a
     B x C x r tensor, which matters with thousands of categories."""
 
-    def __init__(self, in_dim: int, num_classes: int, attn_dim: int = 128, dropout: float = 0.0):
+    def __init__(self, in_dim: int, num_classes: int, attn_dim: int = 128, dropout: float = 0.0,
+                 prior: torch.Tensor | None = None):
         super().__init__()
         self.project = nn.Sequential(nn.Linear(in_dim, attn_dim), nn.LayerNorm(attn_dim), nn.ReLU(),
                                      nn.Dropout(dropout))
@@ -67,6 +73,10 @@ class CategoryAttention(nn.Module):
         self.memory = nn.Parameter(torch.randn(num_classes, attn_dim) * 0.1)             # M, Eq. 15
         self.readout = nn.Parameter(torch.randn(num_classes, attn_dim) / attn_dim ** 0.5)  # U, Eq. 16
         self.bias = nn.Parameter(torch.zeros(num_classes))
+        if prior is not None:
+            # Start at the training label frequencies (log-odds): with thousands of rare
+            # sigmoid classes the weighted-average readout cannot reach logits near -7 quickly.
+            self.bias.data = torch.logit(prior.float().clamp(1e-4, 1 - 1e-4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.project(x)                                                    # [B, r]
@@ -144,7 +154,8 @@ class NMCL(nn.Module):
         for m in self.names:
             guest = sum(d for o, d in in_dims.items() if o != m)
             self.coop[m] = CooperativeNet(in_dims[m], guest, hidden, num_classes, float(cfg.get("gate_w", 50.0)))
-            self.attend[m] = CategoryAttention(self.coop[m].out_dim, num_classes, int(cfg.get("attn_dim", 128)), dropout)
+            self.attend[m] = CategoryAttention(self.coop[m].out_dim, num_classes, int(cfg.get("attn_dim", 128)), dropout,
+                                               label_prior(extra, multilabel))
 
     def forward(self, batch: dict) -> dict:
         present = torch.stack([batch["present"][m] for m in self.names], 1)   # [B, M]

@@ -124,7 +124,8 @@ def model_inputs(store: FeatureStore, model_cfg, modalities: Sequence[str] | Non
 def label_extra(model_name: str, model_cfg, class_names: list[str], train_labels: np.ndarray, device: str) -> dict:
     """What a label-graph model (MARNet) needs besides the features: class-name embeddings from
     the text extractor and co-occurrence counts of the *training* labels."""
-    extra: dict = {"class_names": list(class_names)}
+    extra: dict = {"class_names": list(class_names),
+                   "label_prior": torch.from_numpy(np.asarray(train_labels, np.float32).mean(0))}
     if not getattr(model_class(model_name), "uses_label_graph", False):
         return extra
     y = torch.from_numpy(train_labels)
