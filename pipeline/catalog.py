@@ -207,10 +207,15 @@ class Catalog:
             c.executemany("DELETE FROM stages WHERE video_id=?", ids)
             c.executemany("DELETE FROM features WHERE video_id=?", ids)
 
-    def set_decode_facts(self, video_id: str, duration: float, fps: float, width: int, height: int,
-                         has_audio: bool) -> None:
-        self.conn.execute("UPDATE videos SET duration=?, fps=?, width=?, height=?, has_audio=? WHERE video_id=?",
-                          (duration, fps, width, height, int(has_audio), video_id))
+    def record_decodes(self, decoded: Iterable[tuple] = (), failed: Iterable[tuple[str, str]] = ()) -> None:
+        """Decode outcomes in one transaction: `decoded` rows are (video_id, duration, fps, width,
+        height, has_audio) and mark the stage done; `failed` rows are (video_id, reason)."""
+        decoded, failed = list(decoded), list(failed)
+        with self.transaction() as c:
+            self.set_stages([StageUpdate(vid, "decode", "done") for vid, *_ in decoded] +
+                            [StageUpdate(vid, "decode", "failed", reason) for vid, reason in failed], conn=c)
+            c.executemany("UPDATE videos SET duration=?, fps=?, width=?, height=?, has_audio=? WHERE video_id=?",
+                          [(*facts[:4], int(facts[4]), vid) for vid, *facts in decoded])
 
     # -- labels ---------------------------------------------------------------------------
     def set_class_names(self, names: list[str]) -> None:

@@ -82,7 +82,7 @@ def print_status(out: Path) -> int:
         table.add_row("scan", str(len(videos)), "", "", "")
         for stage in sorted(counts, key=lambda s: (s != "decode", s)):
             c = counts[stage]
-            pending = len(videos) - sum(c.values()) if stage != "decode" else len(videos) - sum(c.values())
+            pending = len(videos) - sum(c.values())
             table.add_row(stage, str(c.get("done", 0)), str(c.get("missing", 0)), str(c.get("failed", 0)),
                           str(max(pending, 0)))
         console.print(table)

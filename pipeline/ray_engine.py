@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .catalog import StageUpdate
 from .config import resolve_device, to_dict, versions
 from .decode import DecodeError, DecodeOptions
 from .stages import (ExtractSummary, _fit_extractors, build_extractors, decode_stream, extract_clips, open_output,
@@ -162,12 +161,7 @@ class ExtractActor:
 def _commit(catalog, store: FeatureStore, payload: dict) -> None:
     """Apply one actor batch: decode outcomes first (as the local engine commits them before
     extracting), then the shards with their extract statuses."""
-    with catalog.transaction() as conn:
-        catalog.set_stages([StageUpdate(vid, "decode", "done") for vid, *_ in payload["decoded"]] +
-                           [StageUpdate(vid, "decode", "failed", reason) for vid, reason in payload["failed"]],
-                           conn=conn)
-        conn.executemany("UPDATE videos SET duration=?, fps=?, width=?, height=?, has_audio=? WHERE video_id=?",
-                         [(*facts, vid) for vid, *facts in payload["decoded"]])
+    catalog.record_decodes(payload["decoded"], payload["failed"])
     store.apply(payload["records"])
 
 

@@ -18,12 +18,12 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .catalog import Catalog, StageUpdate
+from .catalog import Catalog
 from .config import resolve_device, to_dict, versions
 from .decode import Clip, DecodeError, DecodeOptions, decode_video
 from .scan import ScanSummary, scan_folder
@@ -239,12 +239,7 @@ def run_extract(cfg: DictConfig, out_dir: str | Path, progress: bool = True, lim
                                         **run_meta}, stage=f"extract:{m}") for m in names}
 
     def run_batch(clips: list[Clip], need: dict[str, list[str]]) -> None:
-        decode_updates = [StageUpdate(c.video_id, "decode", "done") for c in clips]
-        with catalog.transaction() as conn:
-            catalog.set_stages(decode_updates, conn=conn)
-            for c in clips:
-                conn.execute("UPDATE videos SET duration=?, fps=?, width=?, height=?, has_audio=? WHERE video_id=?",
-                             (c.duration, c.fps, c.width, c.height, int(c.has_audio), c.video_id))
+        catalog.record_decodes([(c.video_id, c.duration, c.fps, c.width, c.height, c.has_audio) for c in clips])
         extract_clips(extractors, clips, need, writers, summary)
 
     from .progress import video_progress
@@ -260,7 +255,7 @@ def run_extract(cfg: DictConfig, out_dir: str | Path, progress: bool = True, lim
                                            window=max(8, 2 * cfg.extract.batch_videos)):
                 wait += time.perf_counter() - t_wait
                 if isinstance(result, DecodeError):
-                    catalog.set_stages([StageUpdate(v["video_id"], "decode", "failed", str(result))])
+                    catalog.record_decodes(failed=[(v["video_id"], str(result))])
                     summary.decode_failed += 1
                     advance(1)
                 else:

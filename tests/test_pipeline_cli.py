@@ -35,7 +35,7 @@ def cli(*args, check=None, **kw) -> subprocess.CompletedProcess:
 def test_bad_inputs_are_recorded_and_the_run_goes_on(tmp_path):
     root = tmp_path / "data"
     make_demo_dataset(root, per_class=1)
-    bad = make_bad_inputs(root / "videos" / "bad")
+    make_bad_inputs(root / "videos" / "bad")
     out = tmp_path / "out"
     cli("scan", "--videos", root / "videos", "--labels", root / "labels.tsv", "--out", out, check=0)
     proc = cli("extract", "--out", out, "--no-progress", *FAST)
