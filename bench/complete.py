@@ -415,7 +415,7 @@ def markdown(results: dict) -> str:
                          f"{r['kNN imputation (k=10)']['relative_error']:.3f} | "
                          f"{r['low-rank completion']['relative_error']:.3f} | {r['low-rank completion']['rmse']:.3f} |")
         conds = list(next(iter(e["rates"].values()))["downstream"])
-        lines += ["", f"| hidden | " + " | ".join(conds) + " | " + " | ".join(e["full"]) + " |",
+        lines += ["", "| hidden | " + " | ".join(conds) + " | " + " | ".join(e["full"]) + " |",
                   "|---" * (1 + len(conds) + len(e["full"])) + "|"]
         for rate, row in e["rates"].items():
             lines.append(f"| {float(rate):.0%} | " + " | ".join(f"{row['downstream'][c]['mean']:.4f}" for c in conds)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,32 +65,38 @@ def _save(results: dict) -> None:
         os.replace(tmp, RESULTS / name)
 
 
+# Per dataset: the table's title and its metric columns (header, split, metrics key).
+TABLES = {
+    "yt8m": ("YouTube-8M video-level (train: shards 0-49, {train} videos; val: shards 50-59, {val} videos; "
+             "{classes} classes)",
+             [("GAP@20", "val", "gap@20"), ("mAP", "val", "map"), ("Hit@1", "val", "hit@1")]),
+    "mosi": ("CMU-MOSI (binary sentiment; train {train}, val {val} (speakers held out of train), test {test})",
+             [("val acc", "val", "accuracy"), ("val macro F1", "val", "macro_f1"),
+              ("test acc", "test", "accuracy"), ("test macro F1", "test", "macro_f1")]),
+}
+
+
 def _markdown(results: dict) -> str:
     out = ["# Model benchmark on real features", ""]
-    yt = results.get("yt8m")
-    if yt:
-        out += [f"## YouTube-8M video-level (train: shards 0-49, {yt['videos']['train']} videos; "
-                f"val: shards 50-59, {yt['videos']['val']} videos; {yt['classes']} classes)", "",
-                "| model | modalities | GAP@20 | mAP | Hit@1 | params | train time (s) | epochs (best) |",
-                "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for r in yt["rows"]:
-            m = r["val"]
-            out.append(f"| {r['row']} | {'+'.join(r['modalities'])} | {m['gap@20']:.4f} | {m['map']:.4f} | "
-                       f"{m['hit@1']:.4f} | {r['params']:,} | {r['train_s']:.0f} | {r.get('epochs', '-')} "
-                       f"({r.get('best_epoch', '-')}) |")
-        out += ["", f"Settings: {yt['settings']}. Load average during the run: {yt['loadavg']}.", ""]
-    mosi = results.get("mosi")
-    if mosi:
-        out += [f"## CMU-MOSI (binary sentiment; train {mosi['videos']['train']}, "
-                f"val {mosi['videos']['val']} (speakers held out of train), test {mosi['videos']['test']})", "",
-                "| model | modalities | val acc | val macro F1 | test acc | test macro F1 | params | train time (s) |",
-                "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for r in mosi["rows"]:
-            v, t = r["val"], r["test"]
-            out.append(f"| {r['row']} | {'+'.join(r['modalities'])} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} | "
-                       f"{t['accuracy']:.4f} | {t['macro_f1']:.4f} | {r['params']:,} | {r['train_s']:.1f} |")
-        out += ["", f"Settings: {mosi['settings']}. Load average during the run: {mosi['loadavg']}.", ""]
+    for name, (title, columns) in TABLES.items():
+        section = results.get(name)
+        if not section:
+            continue
+        out += [f"## {title.format(classes=section['classes'], **section['videos'])}", "",
+                "| model | modalities | " + " | ".join(c[0] for c in columns) + " | params | train time (s) | epochs (best) |",
+                "|---|---|" + "---:|" * (len(columns) + 3)]
+        for r in section["rows"]:
+            cells = [f"{r[split][key]:.4f}" for _, split, key in columns]
+            out.append(f"| {r['row']} | {'+'.join(r['modalities'])} | {' | '.join(cells)} | {r['params']:,} | "
+                       f"{r['train_s']:.0f} | {r.get('epochs', '-')} ({r.get('best_epoch', '-')}) |")
+        out += ["", f"Settings: {section['settings']}. Load average during the run: {section['loadavg']}.",
+                *_tuned_lines(section), ""]
     return "\n".join(out) + "\n"
+
+
+def _tuned_lines(section: dict) -> list[str]:
+    tuned = section.get("tuned") or {}
+    return [""] + [f"- {m}: {' '.join(o)}" for m, o in tuned.items()] if tuned else []
 
 
 # -- references: closed form ---------------------------------------------------------------------
@@ -165,7 +172,8 @@ def model_row(cfg_overrides: list[str], out_dir: Path, model: str, modalities: l
     return out
 
 
-def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str], results: dict) -> None:
+def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str], results: dict,
+                  tuned: dict | None = None) -> None:
     """Import `name`, then run the rows asked for: "reference" (ridge / logistic regression), a
     model name (all modalities) or "single" (Early Fusion on one modality at a time). Rows of an
     earlier run that are not re-run are kept, so a long benchmark can be completed in parts."""
@@ -173,7 +181,7 @@ def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str
     old = {r["row"]: r for r in results.get(name, {}).get("rows", [])}
     section = results[name] = {"rows": [], "settings": " ".join(overrides), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                "versions": versions(), "torch_threads": torch.get_num_threads(),
-                               "loadavg": [round(x, 2) for x in os.getloadavg()]}
+                               "loadavg": [round(x, 2) for x in os.getloadavg()], "tuned": tuned or {}}
     t0 = time.time()
     if name == "yt8m":
         shards = sorted(glob.glob(str(SHARED / "yt8m" / "tfrecord" / "*.tfrecord")))
@@ -214,7 +222,8 @@ def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str
     for model, mods, row in plan:
         print(f"== {name}: {row}", flush=True)
         try:
-            finish(model_row(overrides, out_dir, model, mods, row, test_split=name == "mosi"))
+            finish(model_row(overrides + list((tuned or {}).get(model, [])), out_dir, model, mods, row,
+                             test_split=name == "mosi"))
         except Exception as e:  # a failing model is reported in the results, not hidden
             section.setdefault("failed", []).append({"row": row, "error": f"{type(e).__name__}: {e}"})
             print(f"   FAILED: {e}", flush=True)
@@ -229,6 +238,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder, removed after)")
     p.add_argument("--yt8m-epochs", type=int, default=6)
     p.add_argument("--mosi-epochs", type=int, default=30)
+    p.add_argument("--tuned", type=Path, default=ROOT / "bench" / "models_tuned.yaml",
+                   help="per-dataset, per-model overrides chosen on the validation split")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every model, key=value")
     a = p.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -236,6 +247,7 @@ def main() -> None:
         sys.exit(f"{SHARED} is absent: the benchmark needs ../shared/data")
     work = a.out or Path(tempfile.mkdtemp(prefix="bench-models-"))
     results = json.loads((RESULTS / "models.json").read_text()) if (RESULTS / "models.json").exists() else {}
+    tuned = yaml.safe_load(a.tuned.read_text()) if a.tuned and a.tuned.exists() else {}
     common = ["device=cpu", "seed=0", "train.progress=false", "train.num_workers=0"]
     settings = {
         # YouTube-8M: few epochs on a shared CPU; larger batches, cosine schedule, early stopping.
@@ -248,7 +260,7 @@ def main() -> None:
         for name in a.datasets:
             out_dir = work / name
             shutil.rmtree(out_dir, ignore_errors=True)
-            bench_dataset(name, out_dir, a.rows, settings[name] + list(a.overrides), results)
+            bench_dataset(name, out_dir, a.rows, settings[name] + list(a.overrides), results, tuned.get(name))
             print(open(RESULTS / "models.md").read(), flush=True)
     finally:
         if a.out is None:

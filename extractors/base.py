@@ -52,6 +52,14 @@ class Extractor:
     def extract(self, clips: list) -> list[Features | None]:
         raise NotImplementedError
 
+    def worker_fn(self):
+        """A picklable function of one Clip that the decode worker processes run for this
+        extractor, or None. Meant for CPU-bound per-video work (optical flow and tracking) that
+        would otherwise hold up the main process while the networks wait; its result reaches
+        `extract` (and `fit`) as clip.meta["prepared"][self.modality] (an exception it raised
+        is left there instead: re-raise it so that only this video fails)."""
+        return None
+
     def fit(self, clips: list) -> None:
         raise TypeError(f"{type(self).__name__} learns nothing from the corpus (needs_fit=False)")
 

@@ -5,8 +5,9 @@ trajectory modality.
 
 Per clip, at reduced resolution (short side `short_side`, 112 by default: the cost is in the
 flow, and micro-videos are small):
-  1. optical flow between consecutive decoded frames (OpenCV Farneback on CPU), median-filtered
-     3x3 as in the paper;
+  1. optical flow between consecutive decoded frames (`flow:` farneback = OpenCV on the CPU,
+     torch = pyramidal Lucas-Kanade on the GPU or CPU, raft = torchvision RAFT, auto; see
+     extractors/optical_flow.py), median-filtered 3x3 as in the paper;
   2. points on a dense grid (every `grid_step` px, textureless points dropped by the minimum
      eigenvalue test of Sec. 3.1) start at frames 0, stride, 2*stride, ... (stride L/4 by
      default; the paper re-seeds every frame) and are tracked for
@@ -27,37 +28,29 @@ motion) gives the zero vector: that is an observation (a static video), not a mi
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 from .base import Extractor, Features, one_thread
+from .optical_flow import compute_flows, load_raft, resolve_method, to_gray
 
 TYPES = ("traj", "hof", "mbhx", "mbhy")
+FLOW_NAMES = {"farneback": "OpenCV Farneback", "torch": "torch pyramidal Lucas-Kanade", "raft": "torchvision RAFT"}
 
 
-def gray_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB -> (T, h, w) uint8 gray with the short side at `short_side`."""
+def small_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T, h, w, 3) uint8 RGB with the short side at `short_side`
+    (area interpolation; frames already smaller are left as they are)."""
     import cv2
 
     t, h, w, _ = frames.shape
     scale = min(1.0, short_side / min(h, w))
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
-    out = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    if size != (w, h):
-        out = [cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in out]
-    return np.stack(out)
-
-
-def farneback_flows(gray: np.ndarray) -> np.ndarray:
-    """(T, h, w) uint8 -> (T-1, h, w, 2) float32 flow from frame t to t+1, median-filtered 3x3."""
-    import cv2
-
-    flows = []
-    for a, b in zip(gray[:-1], gray[1:]):
-        f = cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=3, winsize=9,
-                                         iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
-        flows.append(np.dstack([cv2.medianBlur(f[..., 0], 3), cv2.medianBlur(f[..., 1], 3)]))
-    return np.stack(flows).astype(np.float32)
+    if size == (w, h):
+        return frames
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
 
 
 def orientation_hist(dx: torch.Tensor, dy: torch.Tensor, bins: int, zero_bin: bool) -> torch.Tensor:
@@ -100,29 +93,37 @@ def cell_hists(integral: torch.Tensor, p: torch.Tensor, cell: int) -> torch.Tens
     """Histograms of the 2x2 cells of the (2 cell)^2 patch centred on each point p (N, 2) = (y, x)
     in one integral image (H+1, W+1, C) -> (N, 4, C)."""
     h, w = integral.shape[0] - 1, integral.shape[1] - 1
-    y = p[:, 0].round().long()[:, None] + torch.tensor([-cell, -cell, 0, 0])   # cell top rows
-    x = p[:, 1].round().long()[:, None] + torch.tensor([-cell, 0, -cell, 0])   # cell left columns
+    y = p[:, 0].round().long()[:, None] + torch.tensor([-cell, -cell, 0, 0], device=p.device)  # cell top rows
+    x = p[:, 1].round().long()[:, None] + torch.tensor([-cell, 0, -cell, 0], device=p.device)  # cell left columns
     y0, y1 = y.clamp(0, h), (y + cell).clamp(0, h)
     x0, x1 = x.clamp(0, w), (x + cell).clamp(0, w)
     return (integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]).float()
 
 
-def dense_trajectories(frames: np.ndarray, cfg: dict) -> dict[str, np.ndarray]:
+def dense_trajectories(frames: np.ndarray, cfg: dict, device: str | torch.device = "cpu",
+                       raft: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
     """Descriptors of the surviving tracks of one clip: {"traj": (N, 2L), "hof", "mbhx", "mbhy",
-    "when": (N,) where the track sits in the clip, 0 = first possible start, 1 = last}."""
+    "when": (N,) where the track sits in the clip, 0 = first possible start, 1 = last}.
+    cfg["flow"] picks the flow back-end (farneback when absent); the flow and the tracking run on
+    `device`; `raft` is the loaded network when the flow is raft."""
     import cv2
 
     L, step, nt = int(cfg["track_length"]), int(cfg["grid_step"]), int(cfg["temporal_cells"])
     patch = int(cfg["patch"])
     cell = max(2, patch // 2)
-    gray = gray_frames(frames, int(cfg["short_side"]))
+    device = torch.device(device)
+    small = small_frames(frames, int(cfg["short_side"]))
+    gray = to_gray(small)
     T, H, W = gray.shape
     dims = {"traj": 2 * L, "hof": 4 * nt * 9, "mbhx": 4 * nt * 8, "mbhy": 4 * nt * 8}
     empty = {k: np.zeros((0, d), np.float32) for k, d in dims.items()}
     empty["when"] = np.zeros(0, np.float32)
     if T < L + 1:
         return empty
-    flows = torch.from_numpy(farneback_flows(gray))
+    method = resolve_method(cfg.get("flow", "farneback"), device, cfg.get("raft_model", "raft_small"),
+                            cfg.get("raft_weights", "C_T_V2"))
+    # `small` is RGB: compute_flows turns it gray for farneback / torch, RAFT takes it as it is.
+    flows = compute_flows(small, method, device, raft)              # (T-1, H, W, 2) on device
     integral = integral_maps(flows)                                # (T-1, H+1, W+1, 25)
     stride = max(1, int(cfg.get("start_stride") or L // 4))
     starts = list(range(0, T - L, stride))
@@ -135,10 +136,10 @@ def dense_trajectories(frames: np.ndarray, cfg: dict) -> dict[str, np.ndarray]:
         # Drop grid points in textureless areas (Sec. 3.1: min eigenvalue < 0.001 x max).
         eig = cv2.cornerMinEigenVal(gray[s], 3)
         keep = eig[ys, xs] >= 0.001 * max(eig.max(), 1e-12)
-        p = torch.from_numpy(np.stack([ys[keep], xs[keep]], 1).astype(np.float32))   # (N, 2) (y, x)
+        p = torch.from_numpy(np.stack([ys[keep], xs[keep]], 1).astype(np.float32)).to(device)  # (N, 2) (y, x)
         track = [p]
-        desc = torch.zeros(len(p), nt, 4, integral.shape[-1])
-        inside = torch.ones(len(p), dtype=torch.bool)
+        desc = torch.zeros(len(p), nt, 4, integral.shape[-1], device=device)
+        inside = torch.ones(len(p), dtype=torch.bool, device=device)
         for k in range(L):
             yi = track[-1][:, 0].round().long().clamp(0, H - 1)
             xi = track[-1][:, 1].round().long().clamp(0, W - 1)
@@ -164,10 +165,10 @@ def dense_trajectories(frames: np.ndarray, cfg: dict) -> dict[str, np.ndarray]:
         for name, sl in (("hof", slice(0, 9)), ("mbhx", slice(9, 17)), ("mbhy", slice(17, 25))):
             block = d[..., sl].reshape(len(d), -1).clamp(min=0)  # integral-image round-off can dip below 0
             out[name].append(torch.sqrt(block / block.sum(1, keepdim=True).clamp(min=1e-8)))
-        out["when"].append(torch.full((int(ok.sum()),), s / max(T - 1 - L, 1)))
+        out["when"].append(torch.full((int(ok.sum()),), s / max(T - 1 - L, 1), device=device))
     if not out["when"]:
         return empty
-    return {k: torch.cat(v).numpy().astype(np.float32) for k, v in out.items()}
+    return {k: torch.cat(v).cpu().numpy().astype(np.float32) for k, v in out.items()}
 
 
 def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -179,6 +180,12 @@ def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed).fit(x).cluster_centers_.astype(np.float32)
 
 
+def cpu_descriptors(clip, cfg: dict) -> dict[str, np.ndarray]:
+    """`dense_trajectories` on one thread, as the decode workers run it (TrajectoryExtractor.worker_fn)."""
+    with one_thread(torch.device("cpu")):
+        return dense_trajectories(clip.frames, cfg)
+
+
 class TrajectoryExtractor(Extractor):
     family = "dense_trajectory"
     needs_fit = True
@@ -187,7 +194,10 @@ class TrajectoryExtractor(Extractor):
         super().__init__(cfg, device)
         defaults = {"short_side": 112, "track_length": 8, "grid_step": 5, "temporal_cells": 2, "patch": 16,
                     "min_std": 0.8, "start_stride": None, "codebook_size": 512, "encoding": "bow",
-                    "segments": 4, "max_fit_descriptors": 50_000}
+                    "segments": 4, "max_fit_descriptors": 50_000,
+                    # No `flow` key = farneback, the only flow of earlier versions (their saved
+                    # codebooks keep their meaning); configs/extractors/trajectory.yaml says auto.
+                    "flow": "farneback", "raft_model": "raft_small", "raft_weights": "C_T_V2"}
         self.params = {**defaults, **{k: v for k, v in self.cfg.items() if k in defaults}}
         self.k = int(self.params["codebook_size"])
         self.encoding = self.params["encoding"]
@@ -199,14 +209,41 @@ class TrajectoryExtractor(Extractor):
         self.desc_dims = {"traj": 2 * L, "hof": 4 * nt * 9, "mbhx": 4 * nt * 8, "mbhy": 4 * nt * 8}
         self.dim = self.k * (len(TYPES) if self.encoding == "bow" else sum(self.desc_dims.values()))
         self.codebooks: dict[str, torch.Tensor] = {}
+        # The flow back-end actually used ("auto" resolved here, once, and recorded in metadata).
+        self.flow = resolve_method(self.params["flow"], self.device, self.params["raft_model"],
+                                   self.params["raft_weights"])
+        self.raft, self.raft_info = None, None
+        if self.flow == "raft":
+            net, self.raft_info = load_raft(self.params["raft_model"], self.params["raft_weights"], self.seed)
+            self.raft = net.to(self.device)
+        # What the codebook depends on: the method, and for RAFT which network and weights.
+        self.flow_id = self.flow if self.raft_info is None else f"raft ({self.raft_info['weights']})"
 
     def descriptors(self, clip) -> dict:
-        return dense_trajectories(clip.frames, self.params)
+        prepared = clip.meta.get("prepared", {}).get(self.modality)   # computed by a decode worker
+        if isinstance(prepared, Exception):
+            raise prepared
+        if prepared is not None:
+            return prepared
+        return dense_trajectories(clip.frames, {**self.params, "flow": self.flow}, self.device, self.raft)
+
+    def worker_fn(self):
+        # CPU flow (Farneback, or the torch flow on a CPU) and the tracking loop are per-video,
+        # single-threaded work: done by the decode workers they overlap with the networks of
+        # the main process instead of running after them. RAFT and anything on the GPU stay here.
+        if self.device.type != "cpu" or self.flow == "raft":
+            return None
+        return functools.partial(cpu_descriptors, cfg={**self.params, "flow": self.flow})
 
     def fit(self, clips):
         rng = np.random.default_rng(self.seed)
         with one_thread(self.device):
-            descs = [self.descriptors(c) for c in clips if c.frames is not None and len(c.frames)]
+            descs = []
+            for c in clips:
+                try:
+                    descs.append(self.descriptors(c))
+                except Exception:  # this clip fails again, and is recorded, when it is extracted
+                    continue
             self.codebooks = self._learn_codebooks(descs, rng)
         self.fitted = True
 
@@ -255,9 +292,15 @@ class TrajectoryExtractor(Extractor):
         return Features(pooled=pooled, sequence=seq)
 
     def state_dict(self):
-        return {"params": dict(self.params), "codebooks": {k: v.cpu() for k, v in self.codebooks.items()}}
+        return {"params": dict(self.params), "flow": self.flow_id,
+                "codebooks": {k: v.cpu() for k, v in self.codebooks.items()}}
 
     def load_state_dict(self, state):
+        # Words learnt on one flow's descriptors do not describe another flow's: refuse the mix.
+        saved = state.get("flow", "farneback")  # states saved before `flow` existed: farneback
+        if saved != self.flow_id:
+            raise ValueError(f"saved trajectory codebook was fit on {saved} flow, this extractor computes "
+                             f"{self.flow_id} flow (flow={self.params['flow']!r}); configure that flow or refit")
         for key in ("short_side", "track_length", "grid_step", "temporal_cells", "patch", "codebook_size"):
             if state["params"].get(key) != self.params.get(key):
                 raise ValueError(f"saved trajectory codebook was fit with {key}={state['params'].get(key)}, "
@@ -266,6 +309,8 @@ class TrajectoryExtractor(Extractor):
         self.fitted = True
 
     def metadata(self):
-        return {**super().metadata(), "model": "dense trajectories (Farneback flow) + k-means codebook",
-                "weights": "fitted on the corpus", "random_weights": False, "params": self.params,
-                "descriptor_dims": self.desc_dims, "flow": "opencv farneback"}
+        raft = self.raft_info or {}
+        return {**super().metadata(), "model": f"dense trajectories ({FLOW_NAMES[self.flow]} flow) + k-means codebook",
+                "weights": "fitted on the corpus", "random_weights": bool(raft.get("random_weights", False)),
+                "params": self.params, "descriptor_dims": self.desc_dims,
+                "flow": self.flow, "flow_weights": raft or None}

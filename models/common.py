@@ -98,6 +98,42 @@ def mlp(in_dim: int, hidden: int, out_dim: int | None = None, dropout: float = 0
     return nn.Sequential(*blocks)
 
 
+class ContextGating(nn.Module):
+    """Context gating (Miech, Laptev, Sivic, "Learnable pooling with Context Gating for video
+    classification", 2017, Eq. 2): Y = sigmoid(W X + b) * X, each feature re-weighted by a gate
+    computed from all of them, so co-occurring concepts can boost or mute each other."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.gate(x))
+
+
+class MixtureOfExperts(nn.Module):
+    """Per-class mixture of logistic experts, the video-level classifier of the YouTube-8M
+    starter code (MoeModel) used by Miech et al. 2017 (Sec. 3.2):
+        p(y_c = 1 | x) = sum_e softmax_e(G_c x)_e * sigmoid(W_{c,e} x),
+    the softmax running over `experts` gates plus one for a dummy expert that always says 0
+    (so a class can be switched off). Returns the log-odds of that probability, so the trainer's
+    sigmoid BCE and every metric apply unchanged; probabilities are clamped to [1e-6, 1 - 1e-6]
+    to keep the log-odds finite."""
+
+    def __init__(self, in_dim: int, num_classes: int, experts: int = 2):
+        super().__init__()
+        self.num_classes, self.experts = num_classes, experts
+        self.gates = nn.Linear(in_dim, num_classes * (experts + 1))
+        self.expert = nn.Linear(in_dim, num_classes * experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[0], self.num_classes)
+        gates = self.gates(x).view(*shape, self.experts + 1).float().softmax(-1)[..., :self.experts]
+        p = (gates * torch.sigmoid(self.expert(x).view(*shape, self.experts).float())).sum(-1)
+        p = p.clamp(1e-6, 1 - 1e-6)
+        return torch.log(p) - torch.log1p(-p)
+
+
 # -- losses -----------------------------------------------------------------------------------
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool, reduction: str = "mean") -> torch.Tensor:
     """Sigmoid BCE summed over the classes (multi-label, as the YouTube-8M starter code: a mean

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import masked_mean, mlp, pooled_dims, pooled_view, zero
+from .common import ContextGating, MixtureOfExperts, masked_mean, mlp, pooled_dims, pooled_view, zero
 from .nmcl import CategoryAttention, label_prior
 
 
@@ -43,8 +43,16 @@ class _Fusion(nn.Module):
 class EarlyFusion(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
         super().__init__(dims)
-        self.net = mlp(sum(self.in_dims.values()), int(cfg.get("hidden", 512)), num_classes,
-                       float(cfg.get("dropout", 0.0)), int(cfg.get("layers", 1)))
+        hidden, head = int(cfg.get("hidden", 512)), str(cfg.get("head", "linear"))
+        body = mlp(sum(self.in_dims.values()), hidden, None, float(cfg.get("dropout", 0.0)), int(cfg.get("layers", 1)))
+        gating = [ContextGating(hidden)] if cfg.get("context_gating", False) else []
+        if head == "linear":
+            classifier = nn.Linear(hidden, num_classes)
+        elif head == "moe":
+            classifier = MixtureOfExperts(hidden, num_classes, int(cfg.get("experts", 2)))
+        else:
+            raise ValueError(f"models.early_fusion.head must be linear or moe, got {head!r}")
+        self.net = nn.Sequential(*body, *gating, classifier)
 
     def forward(self, batch):
         x = self.inputs(batch)

@@ -57,8 +57,8 @@ def label_prior(extra: dict | None, multilabel: bool) -> torch.Tensor | None:
 class CategoryAttention(nn.Module):
     """The attention network of NMCL (Eq. 15-16): category k owns a memory row M_k that, added
     to the sample's feature saliency s = W_s z, gives attention weights over the features,
-    a_k = softmax_d(M_kd + s_d); the category's score is y_k = sum_d a_kd U_kd z_d + b_k.
-    Also used by the Early+Att and Late+Att baselines (models/fusion.py).
+    a_k = softmax_d(M_kd + s_d); the category's score is y_k = sum_d a_kd U_kd z_d + b_k, here
+    times r (the width of z; see forward). Also used by the Early+Att and Late+Att baselines (models/fusion.py).
 
     Because the attention logit is a sum, exp(M_kd + s_d) = exp(M_kd) exp(s_d) and both sums
     over d are matrix products: the cost is two (B x r) @ (r x C) products instead of a
@@ -71,6 +71,7 @@ class CategoryAttention(nn.Module):
                                      nn.Dropout(dropout))
         self.saliency = nn.Linear(attn_dim, attn_dim)                                   # W_s
         self.memory = nn.Parameter(torch.randn(num_classes, attn_dim) * 0.1)             # M, Eq. 15
+        self.attn_dim = attn_dim
         self.readout = nn.Parameter(torch.randn(num_classes, attn_dim) / attn_dim ** 0.5)  # U, Eq. 16
         self.bias = nn.Parameter(torch.zeros(num_classes))
         if prior is not None:
@@ -85,7 +86,11 @@ class CategoryAttention(nn.Module):
         m = torch.exp(self.memory - self.memory.max(-1, keepdim=True).values)   # exp(M_kd), rescaled
         numerator = (e * z) @ (m * self.readout).T                             # sum_d exp(M+s) U z
         denominator = e @ m.T                                                  # sum_d exp(M+s)
-        return numerator / denominator + self.bias                             # Eq. 15-16
+        # Times r: with uniform attention the readout is then the plain linear U_k . z that an
+        # nn.Linear computes, instead of its mean over d. Same functions (U' = r U), but Adam's
+        # per-entry steps on U now move the logits as fast as a Linear layer's weights do; the
+        # mean form needs U to grow r-fold and left NMCL far below Early Fusion on 3,862 classes.
+        return self.attn_dim * numerator / denominator + self.bias            # Eq. 15-16
 
 
 class CooperativeNet(nn.Module):

@@ -49,7 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import resolve_device, to_dict, versions
 from .decode import DecodeError, DecodeOptions
 from .stages import (ExtractSummary, _fit_extractors, build_extractors, decode_stream, extract_clips, open_output,
-                     videos_to_extract, write_json)
+                     videos_to_extract, worker_steps, write_json)
 from .store import FeatureStore
 
 DEFAULTS = {"actors": "auto", "cpus_per_actor": 2, "gpus_per_actor": "auto", "decode_workers": None,
@@ -136,7 +136,7 @@ class ExtractActor:
         t0 = time.perf_counter()
         step = int(self.cfg.extract.batch_videos)
         for v, result in decode_stream(rows, self.options, self.decode_workers, self.cfg.decode.timeout_s,
-                                       window=max(8, 2 * step)):
+                                       window=max(8, 2 * step), prepare=worker_steps(self.extractors)):
             if isinstance(result, DecodeError):
                 failed.append((v["video_id"], str(result)))
                 continue

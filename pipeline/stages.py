@@ -56,18 +56,43 @@ def run_scan(cfg: DictConfig, out_dir: str | Path, videos_dir: str | Path, label
 
 
 # -- decoding ahead of compute ----------------------------------------------------------------
-def _decode_task(path: str, options: DecodeOptions, video_id: str, title: str | None) -> Clip:
-    return decode_video(path, options, video_id=video_id, title=title)
+def _decode_task(path: str, options: DecodeOptions, video_id: str, title: str | None,
+                 prepare: dict | None = None) -> Clip:
+    """Decode one video, then run the extractors' worker steps on it (`Extractor.worker_fn`):
+    their results travel back with the clip in clip.meta["prepared"][modality]. A step that
+    raises leaves its exception there, so only that modality of that video fails."""
+    clip = decode_video(path, options, video_id=video_id, title=title)
+    if prepare:
+        clip.meta["prepared"] = {m: _run_step(fn, clip) for m, fn in prepare.items()}
+    return clip
+
+
+def _run_step(fn, clip: Clip):
+    try:
+        return fn(clip)
+    except Exception as e:  # the extractor re-raises it for this video (extract_clips records it)
+        return e
+
+
+def worker_steps(extractors: dict) -> dict:
+    """{modality: picklable function of a Clip} for the extractors that do CPU work in the decode
+    workers, where it overlaps with the networks running in the main process."""
+    return {m: fn for m, ext in extractors.items() if (fn := ext.worker_fn()) is not None}
 
 
 def decode_stream(videos: list[dict], options: DecodeOptions, workers: int, timeout_s: float,
-                  window: int = 16) -> Iterator[tuple[dict, Clip | DecodeError]]:
+                  window: int = 16, prepare: dict | None = None) -> Iterator[tuple[dict, Clip | DecodeError]]:
     """Yield (video row, Clip or DecodeError) in input order, decoding up to `window` videos
-    ahead in `workers` processes. workers=0 decodes in this process (no time limit)."""
+    ahead in `workers` processes. workers=0 decodes in this process (no time limit).
+    `prepare` ({modality: fn}, see `worker_steps`) runs on each clip in the worker, for the
+    modalities the video still needs (its row's "need"; all when the row has none)."""
+    def steps(v):
+        return {m: fn for m, fn in (prepare or {}).items() if m in v.get("need", prepare)} or None
+
     if workers <= 0:
         for v in videos:
             try:
-                yield v, _decode_task(v["path"], options, v["video_id"], v["title"])
+                yield v, _decode_task(v["path"], options, v["video_id"], v["title"], steps(v))
             except DecodeError as e:
                 yield v, e
         return
@@ -77,7 +102,8 @@ def decode_stream(videos: list[dict], options: DecodeOptions, workers: int, time
 
     with pebble.ProcessPool(max_workers=workers) as pool:
         def submit(v, opts):
-            return pool.schedule(_decode_task, args=(v["path"], opts, v["video_id"], v["title"]), timeout=timeout_s)
+            return pool.schedule(_decode_task, args=(v["path"], opts, v["video_id"], v["title"], steps(v)),
+                                 timeout=timeout_s)
 
         pending: deque = deque()
         queue = iter(videos)
@@ -148,7 +174,8 @@ def _fit_extractors(extractors: dict, todo: list[dict], cfg, out_dir: Path, opti
     n = max(int(cfg.extractors[name].get("fit_videos", 64)) for name in to_fit)
     sample = sorted(todo, key=lambda v: v["video_id"])
     random.Random(cfg.seed).shuffle(sample)
-    clips = [c for _, c in decode_stream(sample[:n], options, cfg.decode.workers, cfg.decode.timeout_s)
+    clips = [c for _, c in decode_stream(sample[:n], options, cfg.decode.workers, cfg.decode.timeout_s,
+                                         prepare=worker_steps({m: extractors[m] for m in to_fit}))
              if isinstance(c, Clip)]
     for name, state_path in to_fit.items():
         extractors[name].fit(clips)
@@ -252,7 +279,8 @@ def run_extract(cfg: DictConfig, out_dir: str | Path, progress: bool = True, lim
         with video_progress("extract", len(todo), enabled=progress) as advance:
             t_wait = time.perf_counter()
             for v, result in decode_stream(todo, options, cfg.decode.workers, cfg.decode.timeout_s,
-                                           window=max(8, 2 * cfg.extract.batch_videos)):
+                                           window=max(8, 2 * cfg.extract.batch_videos),
+                                           prepare=worker_steps(extractors)):
                 wait += time.perf_counter() - t_wait
                 if isinstance(result, DecodeError):
                     catalog.record_decodes(failed=[(v["video_id"], str(result))])

@@ -140,7 +140,7 @@ def test_run_complete_round_trip(tmp_path):
 
 def test_run_complete_modality_missing_everywhere(tmp_path):
     cat, store, ids, _ = make_store(tmp_path, n=40)
-    with store.writer("trajectory", "pooled", 6, {}) as wr:  # registered, never written for any live video
+    with store.writer("trajectory", "pooled", 6, {}):  # registered, never written for any live video
         pass
     store.catalog.register_modality("trajectory", "pooled", 6, {})
     cfg = load_config(overrides=["complete.modalities=[visual,trajectory]", "complete.rank=4", "device=cpu"])

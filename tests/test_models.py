@@ -35,16 +35,20 @@ SMALL = {
     "netvlad": {"clusters": 4, "input_dim": 8, "hidden": 16, "attention_dim": 8, "head_hidden": 32, "dropout": 0.0},
     "mart": {"d_model": 32, "segments": 3, "heads": 2, "layers": 1, "ff_dim": 64, "dropout": 0.0},
 }
-NAMES = list(MODELS)
+# Other configurations of a model, put through the same tests: name -> model.
+VARIANTS = {"early_fusion[moe+gating]": "early_fusion"}
+SMALL["early_fusion[moe+gating]"] = {"hidden": 32, "dropout": 0.0, "head": "moe", "experts": 2, "context_gating": True}
+NAMES = list(MODELS) + list(VARIANTS)
 CFG = load_config()
 
 
 def model_cfg(name: str):
-    base = CFG.models.get(name, OmegaConf.create({}))
+    base = CFG.models.get(VARIANTS.get(name, name), OmegaConf.create({}))
     return OmegaConf.merge(base, SMALL.get(name, {}))
 
 
 def build(name, dims, num_classes=4, multilabel=False, labels=None, seed=0):
+    name_cfg, name = name, VARIANTS.get(name, name)
     try:
         model_class(name)
     except ImportError as e:  # a model file another part has not delivered yet
@@ -54,7 +58,7 @@ def build(name, dims, num_classes=4, multilabel=False, labels=None, seed=0):
         labels = (torch.rand(40, num_classes, generator=torch.Generator().manual_seed(1)) < 0.5).float()
     extra = {"class_names": [f"class {i}" for i in range(num_classes)],
              "label_cooccurrence": labels.T @ labels}
-    return build_model(name, model_cfg(name), dims, num_classes, multilabel, extra)
+    return build_model(name, model_cfg(name_cfg), dims, num_classes, multilabel, extra)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two fighting
@@ -278,7 +282,7 @@ def test_marnet_asks_for_label_embeddings_unless_random():
 
 
 def test_category_attention_equals_its_direct_formula():
-    """The matrix-product form of Eq. 15-16 equals softmax_d(M_kd + s_d) . (U_kd z_d) computed
+    """The matrix-product form of Eq. 15-16 equals r softmax_d(M_kd + s_d) . (U_kd z_d) computed
     on the full B x C x r tensor."""
     from models.nmcl import CategoryAttention
 
@@ -288,8 +292,23 @@ def test_category_attention_equals_its_direct_formula():
     z = att.project(x)
     s = att.saliency(z)
     a = torch.softmax(att.memory[None] + s[:, None, :], dim=-1)            # [B, C, r]
-    direct = (a * att.readout[None] * z[:, None, :]).sum(-1) + att.bias
+    direct = 6 * (a * att.readout[None] * z[:, None, :]).sum(-1) + att.bias   # r = 6: see forward()
     torch.testing.assert_close(att(x), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_mixture_of_experts_equals_its_direct_formula():
+    """log-odds of sum_e softmax(G_c x)_e sigmoid(W_ce x) over the real experts, the dummy
+    expert's gate taking its share of the mass, computed class by class."""
+    from models.common import MixtureOfExperts
+
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(6, 3, experts=2)
+    x = torch.randn(4, 6)
+    gates, experts = moe.gates(x).view(4, 3, 3), moe.expert(x).view(4, 3, 2)
+    for c in range(3):
+        g = torch.softmax(gates[:, c], -1)
+        p = g[:, 0] * torch.sigmoid(experts[:, c, 0]) + g[:, 1] * torch.sigmoid(experts[:, c, 1])
+        torch.testing.assert_close(torch.sigmoid(moe(x)[:, c]), p, rtol=1e-5, atol=1e-6)
 
 
 def test_marnet_graph_attention_equals_the_dense_formula():

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 import pipeline.stages as stages
@@ -15,13 +16,13 @@ from pipeline.demo import moving_stripes, write_clip
 real_task = stages._decode_task
 
 
-def misbehaving_task(path, options, video_id, title):
+def misbehaving_task(path, options, video_id, title, prepare=None):
     if video_id == "hang":
         time.sleep(120)                      # a decoder stuck forever
     if video_id == "crash" and options.backend != "pyav":
         faulthandler.disable()               # keep pytest's crash dump out of the log
         os.kill(os.getpid(), signal.SIGSEGV)  # a decoder that segfaults (decord does on some files)
-    return real_task(path, options, video_id, title)
+    return real_task(path, options, video_id, title, prepare)
 
 
 @pytest.fixture()
@@ -53,3 +54,49 @@ def test_in_process_decoding_reports_errors(tmp_path, clip_path):
                                                                          timeout_s=5))
     assert isinstance(results["ok"], Clip) and results["ok"].title == "t"
     assert isinstance(results["empty"], DecodeError)
+
+
+def frame_count(clip):
+    return (os.getpid(), len(clip.frames))
+
+
+def refuse(clip):
+    raise ValueError(f"no step for {clip.video_id}")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_worker_steps_run_where_the_clip_is_decoded_for_the_modalities_still_needed(clip_path, workers):
+    videos = [{"video_id": "both", "path": clip_path, "title": None, "need": ["count", "fail"]},
+              {"video_id": "count-done", "path": clip_path, "title": None, "need": ["fail"]}]
+    results = {v["video_id"]: r for v, r in stages.decode_stream(
+        videos, DecodeOptions(num_frames=3), workers=workers, timeout_s=30,
+        prepare={"count": frame_count, "fail": refuse})}
+    both, done = results["both"].meta["prepared"], results["count-done"].meta["prepared"]
+    pid, frames = both["count"]
+    assert frames == 3
+    assert (pid == os.getpid()) == (workers == 0)          # ran in a decode worker when there are workers
+    assert isinstance(both["fail"], ValueError) and "no step for both" in str(both["fail"])
+    assert set(done) == {"fail"}                            # a finished modality is not prepared again
+
+
+def test_trajectory_descriptors_from_the_decode_workers_equal_those_made_in_process(tmp_path):
+    """The trajectory extractor hands its CPU flow + tracking to the decode workers
+    (`worker_fn`); the features must be the very ones `extract` computes by itself."""
+    from extractors import build_extractor
+
+    videos = []
+    for i, speed in enumerate((1, 2, 3)):
+        path = write_clip(tmp_path / f"m{i}.mp4", moving_stripes(24, 64, 80, velocity=(speed, 0.0), seed=i), 25)
+        videos.append({"video_id": f"m{i}", "path": str(path), "title": None, "need": ["trajectory"]})
+    ext = build_extractor("trajectory", {"family": "dense_trajectory", "codebook_size": 8, "segments": 2}, "cpu")
+    options = DecodeOptions(num_frames=12)
+    plain = [c for _, c in stages.decode_stream(videos, options, workers=0, timeout_s=60)]
+    ext.fit(plain)
+    steps = stages.worker_steps({"trajectory": ext})
+    assert set(steps) == {"trajectory"}
+    prepared = [c for _, c in stages.decode_stream(videos, options, workers=2, timeout_s=60, prepare=steps)]
+    assert all("trajectory" in c.meta["prepared"] for c in prepared)
+    for a, b in zip(ext.extract(plain), ext.extract(prepared)):
+        assert a.pooled.any()
+        np.testing.assert_array_equal(a.pooled, b.pooled)
+        np.testing.assert_array_equal(a.sequence, b.sequence)
