@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import masked_mean, mlp, modality_names, pooled_dims, pooled_view
+from .nmcl import label_prior
 
 VISUAL_NAMES = ("visual", "rgb", "video")
 
@@ -146,6 +147,9 @@ class MARNet(nn.Module):
         self.out = nn.Linear(hidden, hidden, bias=False)
         self.classifier = nn.Linear(hidden, hidden, bias=False)   # z . W L_k
         self.bias = nn.Parameter(torch.zeros(num_classes))
+        prior = label_prior(extra, multilabel)
+        if prior is not None:  # start at the training label frequencies, as NMCL's heads do
+            self.bias.data = prior.clone()
 
     @staticmethod
     def _label_embeddings(cfg, extra: dict, num_classes: int) -> torch.Tensor:

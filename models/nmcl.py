@@ -50,8 +50,11 @@ from .common import masked_mean, modality_names, pooled_dims, pooled_view, task_
 
 
 def label_prior(extra: dict | None, multilabel: bool) -> torch.Tensor | None:
-    """Training label frequencies (from pipeline/train.py) for multi-label output biases."""
-    return (extra or {}).get("label_prior") if multilabel else None
+    """Log-odds of the training label frequencies (from pipeline/train.py), the starting value of
+    multi-label output biases: with thousands of rare sigmoid classes (YouTube-8M: most under
+    0.1 %) an output that starts at p = 0.5 spends its first epochs only walking to the prior."""
+    prior = (extra or {}).get("label_prior") if multilabel else None
+    return None if prior is None else torch.logit(torch.as_tensor(prior).float().clamp(1e-4, 1 - 1e-4))
 
 
 class CategoryAttention(nn.Module):
@@ -74,10 +77,8 @@ class CategoryAttention(nn.Module):
         self.attn_dim = attn_dim
         self.readout = nn.Parameter(torch.randn(num_classes, attn_dim) / attn_dim ** 0.5)  # U, Eq. 16
         self.bias = nn.Parameter(torch.zeros(num_classes))
-        if prior is not None:
-            # Start at the training label frequencies (log-odds): with thousands of rare
-            # sigmoid classes the weighted-average readout cannot reach logits near -7 quickly.
-            self.bias.data = torch.logit(prior.float().clamp(1e-4, 1 - 1e-4))
+        if prior is not None:  # log-odds of the training label frequencies (label_prior)
+            self.bias.data = prior.clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.project(x)                                                    # [B, r]

@@ -36,19 +36,20 @@ SMALL = {
     "mart": {"d_model": 32, "segments": 3, "heads": 2, "layers": 1, "ff_dim": 64, "dropout": 0.0},
 }
 # Other configurations of a model, put through the same tests: name -> model.
-VARIANTS = {"early_fusion[moe+gating]": "early_fusion"}
-SMALL["early_fusion[moe+gating]"] = {"hidden": 32, "dropout": 0.0, "head": "moe", "experts": 2, "context_gating": True}
+# Other configurations of a model, put through the same tests: name -> (model, small config).
+VARIANTS = {"early_fusion[moe+gating]": ("early_fusion", {"hidden": 32, "dropout": 0.0, "head": "moe", "experts": 2,
+                                                          "context_gating": True})}
 NAMES = list(MODELS) + list(VARIANTS)
 CFG = load_config()
 
 
 def model_cfg(name: str):
-    base = CFG.models.get(VARIANTS.get(name, name), OmegaConf.create({}))
-    return OmegaConf.merge(base, SMALL.get(name, {}))
+    model, small = VARIANTS.get(name, (name, SMALL.get(name, {})))
+    return OmegaConf.merge(CFG.models.get(model, OmegaConf.create({})), small)
 
 
 def build(name, dims, num_classes=4, multilabel=False, labels=None, seed=0):
-    name_cfg, name = name, VARIANTS.get(name, name)
+    name_cfg, name = name, VARIANTS.get(name, (name,))[0]
     try:
         model_class(name)
     except ImportError as e:  # a model file another part has not delivered yet
