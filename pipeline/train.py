@@ -375,8 +375,20 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
             extra = label_extra(model_name, model_cfg, task["class_names"], y[split["train"]], device)
         seed_everything(int(cfg.seed))
         model = build_model(model_name, model_cfg, dims, len(task["class_names"]), task["multilabel"], extra).to(device)
+        # Exponential moving average of the weights (train.ema = its decay per step, 0 = off):
+        # validation, best.pt and everything downstream use the average; the raw weights the
+        # optimizer works on are kept too ("train_model") so that a resumed run goes on exactly.
+        ema_decay = float(tcfg.get("ema", 0.0) or 0.0)
+        ema = None
+        if ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
+            model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+            if ema is not None:
+                ema.module.load_state_dict(ckpt["model"])
+                ema.n_averaged.fill_(1)
 
         batch_size = int(tcfg.batch_size)
         if batch_size % world:
@@ -456,6 +468,8 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
                         torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
                     optimizer.step()
                     scheduler.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
                     total += float(loss.detach()) * len(batch["video_ids"])
                     count += len(batch["video_ids"])
                     if writer is not None and step % log_every == 0:
@@ -469,7 +483,8 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
                 sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
                 dist.all_reduce(sums)
                 total, count = float(sums[0]), int(sums[1])
-            _, scores, labels, val_loss = predict_scores(model, val_loader, device, task["multilabel"], amp)
+            evaluated = model if ema is None else ema.module
+            _, scores, labels, val_loss = predict_scores(evaluated, val_loader, device, task["multilabel"], amp)
             metrics = compute_metrics(scores, labels, task["multilabel"], threshold, top_k)
             value = metrics[monitor]
             improved = value > best
@@ -486,7 +501,8 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
                 if show:
                     console.print(f"epoch {epoch + 1}: train loss {total / max(1, count):.4f}  val loss {val_loss:.4f}  "
                                   f"{monitor} {value:.4f}{'  *' if improved else ''}")
-                state = {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                weights = {"model": evaluated.state_dict()} | ({} if ema is None else {"train_model": model.state_dict()})
+                state = {**meta, **weights, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                          "bad_epochs": bad, "history": history, "rng": _rng_state(), "metrics": metrics}
                 _save(run_dir / "last.pt", state)

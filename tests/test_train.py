@@ -184,3 +184,24 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for h1, h2 in zip(single["history"], two["history"]):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
         assert h2["accuracy"] == pytest.approx(h1["accuracy"])
+
+
+def test_weight_average_is_what_is_validated_saved_and_resumed(store_dir):
+    """train.ema: validation, best.pt and last.pt's "model" are the averaged weights, the raw ones
+    ride along for resuming, and a sliced + resumed run ends where the uninterrupted one does."""
+    cfg = config("train.epochs=4", "train.ema=0.9")
+    full = run_train(cfg, store_dir, "early_fusion", run_name="ema-full")
+    last = torch.load(store_dir / "runs" / "ema-full" / "last.pt", weights_only=False)
+    assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in last["model"])
+    # best.pt holds the weights that were validated: evaluating it gives the recorded val loss
+    best = next(h for h in full["history"] if h["epoch"] == full["best_epoch"])
+    evaluated = run_evaluate(cfg, store_dir, store_dir / "runs" / "ema-full", split="val")
+    assert evaluated["metrics"]["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+    run_train(config("train.epochs=4", "train.ema=0.9", "train.stop_after_epochs=2"), store_dir, "early_fusion",
+              run_name="ema-sliced")
+    run_train(cfg, store_dir, "early_fusion", resume=store_dir / "runs" / "ema-sliced")
+    resumed = torch.load(store_dir / "runs" / "ema-sliced" / "last.pt", weights_only=False)
+    for part in ("model", "train_model"):
+        for k in last[part]:
+            torch.testing.assert_close(last[part][k], resumed[part][k], rtol=0, atol=1e-6)
