@@ -300,5 +300,12 @@ class Catalog:
             " JOIN videos v USING (video_id) WHERE f.modality=? AND f.layout=? AND v.deleted=0"
             " ORDER BY f.video_id", (modality, layout))
 
+    def drop_unreferenced_shards(self) -> int:
+        """Forget shards no video points to any more (all their rows rewritten by a later run, as
+        a re-completion does); their files are then garbage for `FeatureStore.collect_garbage`.
+        Rows first, files after: a run killed in between leaves only unknown files behind."""
+        with self.transaction() as c:
+            return c.execute("DELETE FROM shards WHERE shard_id NOT IN (SELECT DISTINCT shard_id FROM features)").rowcount
+
     def shard_files(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT file FROM shards")}

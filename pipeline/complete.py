@@ -436,6 +436,7 @@ def run_complete(cfg, out_dir: str | Path, progress: bool = True) -> dict:
                    "seconds": {"read": read_s, "complete": info["seconds"], "write": time.perf_counter() - t1}}
         write_json(out_dir / "summaries" / f"complete-{time.strftime('%Y%m%d-%H%M%S')}.json",
                    {"summary": summary, "history": info["history"], "config": to_dict(cfg), "versions": versions_})
+        store.collect_garbage()   # the previous completion's shards, now referenced by no video
         return summary
     finally:
         catalog.close()

@@ -257,9 +257,11 @@ class FeatureStore:
 
     # -- maintenance ------------------------------------------------------------------------
     def collect_garbage(self) -> list[Path]:
-        """Remove shard files the catalog does not know: written by a run killed before its commit."""
+        """Remove shard files the catalog does not know (written by a run killed before its
+        commit) and shards whose rows have all been superseded by newer ones."""
         if not self.root.exists():
             return []
+        self.catalog.drop_unreferenced_shards()
         known = self.catalog.shard_files()
         known |= {k.replace(".npy", ".offsets.npy") for k in known}
         removed = []

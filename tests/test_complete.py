@@ -129,12 +129,20 @@ def test_run_complete_round_trip(tmp_path):
     assert all(ds[i]["present"]["audio@completed"] for i in range(len(ids)))
     assert [ds[i]["observed"]["audio@completed"] for i in range(len(ids))] == [not lacks["audio"](i) for i in range(len(ids))]
 
+    completed_audio = store.read_pooled("audio@completed", ids)[1]
     # Idempotent: nothing changed, so nothing is recomputed; force recomputes the same result.
     assert run_complete(cfg, tmp_path, progress=False)["skipped"]
     forced = load_config(overrides=["complete.rank=8", "complete.max_iters=50", "complete.lambda=0.01",
                                     "complete.force=true", "device=cpu"])
+    files_before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*.npy"))
     again = run_complete(forced, tmp_path, progress=False)
     assert not again["skipped"] and again["objective"] == result["objective"]
+    # The superseded completion is gone from disk and catalog: as many files as before, all in use.
+    files_after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*.npy"))
+    assert len(files_after) == len(files_before) and files_after != files_before
+    in_use = {r[0] for r in cat.conn.execute("SELECT DISTINCT s.file FROM shards s JOIN features f USING (shard_id)")}
+    assert {str(p.relative_to("store")) for p in files_after if ".offsets" not in p.name} == in_use
+    assert np.array_equal(store.read_pooled("audio@completed", ids)[1], completed_audio)
     cat.close()
 
 
