@@ -38,7 +38,7 @@ from extractors import build_extractor  # noqa: E402
 from extractors.base import cpu_has_fast_bf16  # noqa: E402
 from pipeline.config import load_config, versions  # noqa: E402
 from pipeline.decode import Clip, DecodeOptions, decode_video  # noqa: E402
-from pipeline.stages import decode_stream  # noqa: E402
+from pipeline.stages import decode_stream, write_json  # noqa: E402
 
 RESNET50_GFLOP = 8.2  # per 224x224 image (4.1 GMAC)
 
@@ -201,11 +201,7 @@ def main():
 
     def save():
         res["loadavg_after"] = os.getloadavg()
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        os.replace(tmp, out)
+        write_json(args.out, res)
 
     if "matmul" not in args.skip:
         res["matmul_gflops"] = {"fp32": round(matmul_gflops(torch.float32), 1),

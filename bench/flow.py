@@ -39,6 +39,7 @@ from extractors.optical_flow import compute_flows, load_raft, to_gray  # noqa: E
 from extractors.trajectory import dense_trajectories  # noqa: E402
 from pipeline.config import load_config, versions  # noqa: E402
 from pipeline.decode import DecodeOptions, decode_video  # noqa: E402
+from pipeline.stages import write_json  # noqa: E402
 
 MARGIN = 12
 
@@ -129,11 +130,7 @@ def main():
 
     def save():
         res["loadavg_after"] = os.getloadavg()
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        os.replace(tmp, out)
+        write_json(args.out, res)
 
     runs = {"farneback": lambda: run_method("farneback", clips), "torch_cpu": lambda: run_method("torch", clips)}
     for model in ("raft_small", "raft_large"):

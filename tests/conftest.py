@@ -54,3 +54,13 @@ def mark_presence(item: dict, modalities, is_missing, seq_dims: dict) -> dict:
                 item["sequence"][m] = torch.zeros(0, seq_dims[m])
     item["observed"] = dict(item["present"])
     return item
+
+
+@pytest.fixture()
+def hub_dir(tmp_path, monkeypatch):
+    """A fresh, empty torch hub cache: weight-loading tests put their own files in it."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("MICROVIDEO_OFFLINE", "1")  # never try the network in tests
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)

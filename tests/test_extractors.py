@@ -60,13 +60,6 @@ def test_every_yaml_builds_a_known_family():
 
 
 # -- visual ------------------------------------------------------------------------------------
-@pytest.fixture()
-def hub_dir(tmp_path, monkeypatch):
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    monkeypatch.setenv("MICROVIDEO_OFFLINE", "1")  # never try the network in tests
-    yield tmp_path / "hub"
-    torch.hub.set_dir(old)
 
 
 def save_with_hash(state: dict, folder, stem: str) -> tuple[str, str]:

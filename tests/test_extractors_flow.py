@@ -88,13 +88,6 @@ def test_torch_flow_deterministic_and_batch_invariant(one_thread):
     assert torch.equal(batch, compute_flows(rgb, "torch", "cpu"))
 
 
-@pytest.fixture()
-def hub_dir(tmp_path, monkeypatch):
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    monkeypatch.setenv("MICROVIDEO_OFFLINE", "1")  # never try the network in tests
-    yield tmp_path / "hub"
-    torch.hub.set_dir(old)
 
 
 def test_raft_loads_from_hub_cache_and_auto_picks_it_on_cuda(hub_dir, monkeypatch, one_thread):
