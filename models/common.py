@@ -138,12 +138,12 @@ class MixtureOfExperts(nn.Module):
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool, reduction: str = "mean") -> torch.Tensor:
     """Sigmoid BCE summed over the classes (multi-label, as the YouTube-8M starter code: a mean
     over thousands of classes would make the task loss tiny next to the auxiliary losses) or
-    softmax cross-entropy on the one label (multi-class). `labels` is one-hot / multi-hot [B, C];
-    the result is the mean over the batch (or per sample with reduction="none")."""
+    softmax cross-entropy (multi-class). `labels` is one-hot / multi-hot [B, C], or soft targets
+    (mixup); the result is the mean over the batch (or per sample with reduction="none")."""
     if multilabel:
         loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").sum(-1)
-    else:
-        loss = F.cross_entropy(logits, labels.argmax(-1), reduction="none")
+    else:   # class probabilities as targets: the same as the class index for one-hot labels
+        loss = F.cross_entropy(logits, labels.to(logits.dtype), reduction="none")
     return loss.mean() if reduction == "mean" else loss
 
 

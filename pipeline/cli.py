@@ -181,25 +181,29 @@ def train(out: Path = OUT, model: str = typer.Option("nmcl", "--model", "-m"),
 
 
 @app.command()
-def evaluate(out: Path = OUT, run: str = typer.Option(..., "--run", help="Run folder name under OUT/runs."),
+def evaluate(out: Path = OUT, run: List[str] = typer.Option(..., "--run", help="Run folder name under OUT/runs; "
+                                                           "give it several times to evaluate their ensemble."),
              split: str = typer.Option("val"), config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE,
              overrides: Optional[List[str]] = OVERRIDES):
-    """Metrics of a trained run on a split: printed as a table and saved as JSON."""
+    """Metrics of a trained run (or of the ensemble of several) on a split: printed as a table and
+    saved as JSON (OUT/runs/RUN/eval-SPLIT.json; ensembles: OUT/ensembles/A+B/eval-SPLIT.json)."""
     from .train import run_evaluate
 
     cfg = _cfg(config, overrides, device)
-    run_evaluate(cfg, out, out / "runs" / run, split=split)
+    run_evaluate(cfg, out, [out / "runs" / r for r in run], split=split)
 
 
 @app.command()
-def predict(out: Path = OUT, run: str = typer.Option(..., "--run"),
-            output: Optional[Path] = typer.Option(None, help="JSONL file (default OUT/runs/RUN/predictions.jsonl)."),
+def predict(out: Path = OUT, run: List[str] = typer.Option(..., "--run", help="Run folder name under OUT/runs; "
+                                                          "several: their ensemble (mean probability)."),
+            output: Optional[Path] = typer.Option(None, help="JSONL file (default OUT/runs/RUN/predictions.jsonl, "
+                                                             "ensembles OUT/ensembles/A+B/predictions.jsonl)."),
             videos: Optional[Path] = typer.Option(None, "--videos", help="New videos: scanned and extracted first."),
             top_k: int = typer.Option(5), threshold: Optional[float] = typer.Option(None),
             config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE, progress: bool = PROGRESS,
             overrides: Optional[List[str]] = OVERRIDES):
     """Top-k / thresholded labels with scores per video (JSONL, MultimodalVideoTag style)."""
-    from .train import run_predict
+    from .train import ensemble_dir, run_predict
 
     cfg = _cfg(config, overrides, device)
     video_ids = None
@@ -212,7 +216,9 @@ def predict(out: Path = OUT, run: str = typer.Option(..., "--run"),
             run_extract(cfg, out, progress=progress)
         root = videos.resolve()
         video_ids = [p.relative_to(root).as_posix() for p in find_videos(root, cfg.scan.extensions)]
-    path = run_predict(cfg, out, out / "runs" / run, output or out / "runs" / run / "predictions.jsonl",
+    run_dirs = [out / "runs" / r for r in run]
+    folder = run_dirs[0] if len(run_dirs) == 1 else ensemble_dir(out, run_dirs)
+    path = run_predict(cfg, out, run_dirs, output or folder / "predictions.jsonl",
                        top_k=top_k, threshold=threshold, video_ids=video_ids)
     console.print(f"predictions written to {path}")
 

@@ -3,6 +3,7 @@
     run_train(cfg, out, "nmcl")             -> OUT/runs/<run>/{best.pt, last.pt, metrics.json, config.yaml,
                                                events.out.tfevents.*}
     run_evaluate(cfg, out, run_dir, "val")  -> metrics table + OUT/runs/<run>/eval-val.json
+    run_evaluate(cfg, out, [run_a, run_b])  -> the same for the ensemble (mean probability) in OUT/ensembles/a+b/
     run_predict(cfg, out, run_dir, path)    -> JSONL {"video_id": ..., "labels": [[label, prob], ...]}
     run_cross_validation(cfg, out, "nmcl", folds=5) -> per-fold and mean +- std metrics
     launch_distributed(2, argv)             -> torchrun with 2 processes (DistributedDataParallel)
@@ -154,6 +155,25 @@ def _to(batch: dict, device) -> dict:
             out[k] = {m: t.to(device, non_blocking=True) for m, t in v.items()}
         else:
             out[k] = v
+    return out
+
+
+def mixup(batch: dict, alpha: float) -> dict:
+    """mixup (Zhang et al., ICLR 2018, Eq. 1): every example of the batch becomes
+    lam * x_i + (1 - lam) * x_j with its labels mixed the same way, j a random permutation and
+    lam ~ Beta(alpha, alpha) once per batch. Pooled vectors and padded sequences are mixed alike
+    (a mixed sequence is as long as the longer of the two); a modality counts as present only
+    where it is present in both, since mixing with a missing one would halve the vector. Draws
+    from torch's global generator, which the checkpoints save, so a resumed run mixes the same."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    j = torch.randperm(len(batch["video_ids"]), device=batch["labels"].device)
+    out = dict(batch)
+    out["pooled"] = {m: lam * x + (1 - lam) * x[j] for m, x in batch["pooled"].items()}
+    out["sequence"] = {m: lam * x + (1 - lam) * x[j] for m, x in batch["sequence"].items()}
+    out["lengths"] = {m: torch.maximum(n, n[j]) for m, n in batch["lengths"].items()}
+    for key in ("present", "observed"):
+        out[key] = {m: p & p[j] for m, p in batch[key].items()}
+    out["labels"] = lam * batch["labels"].float() + (1 - lam) * batch["labels"][j].float()
     return out
 
 
@@ -441,6 +461,7 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
                 "extra": _pack_extra(extra), "config": to_dict(cfg), "versions": versions(),
                 "split_ids": {k: ids[v].tolist() for k, v in split.items()}, "monitor": monitor}
         amp = bool(tcfg.get("amp", False))
+        mixup_alpha = float(tcfg.get("mixup", 0.0) or 0.0)
         clip = tcfg.get("grad_clip")
         stop_after = tcfg.get("stop_after_epochs")   # time-sliced jobs: stop here, resume later
         log_every = int(tcfg.get("log_every", 50))
@@ -459,6 +480,8 @@ def _train(cfg, out_dir, model_name, run_name=None, resume=None, fixed_split: di
             with video_progress(f"{model_name} epoch {epoch + 1}/{tcfg.epochs}", len(loader), show, unit="batches") as advance:
                 for batch in loader:
                     batch = _to(batch, device)
+                    if mixup_alpha > 0:
+                        batch = mixup(batch, mixup_alpha)
                     with _autocast(device, amp):
                         out = net(batch)
                     loss = task_loss(out["logits"].float(), batch["labels"], task["multilabel"]) + out["aux_loss"].float()
@@ -548,21 +571,68 @@ def _check_store(store: FeatureStore, ckpt: dict) -> None:
                                  f"{'none' if have is None else have} (extract the same modalities first)")
 
 
-def run_evaluate(cfg: DictConfig, out_dir: str | Path, run_dir: str | Path, split: str = "val") -> dict:
+def _load_runs(run_dirs, device: str, store: FeatureStore) -> list[tuple[torch.nn.Module, dict]]:
+    """best.pt (else last.pt) of each run, checked against the store and against each other: an
+    ensemble needs one task (classes, multi-label or not)."""
+    loaded = [load_model(_checkpoint_path(Path(r)), device) for r in run_dirs]
+    first = loaded[0][1]
+    for r, (_, ckpt) in zip(run_dirs, loaded):
+        _check_store(store, ckpt)
+        if ckpt["class_names"] != first["class_names"] or ckpt["multilabel"] != first["multilabel"]:
+            raise ValueError(f"{r} was trained on other classes than {run_dirs[0]}: they cannot be ensembled")
+    return loaded
+
+
+def _run_dirs(run_dir) -> list[Path]:
+    return [Path(r) for r in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
+
+
+def ensemble_dir(out_dir: str | Path, run_dirs: Sequence) -> Path:
+    """Where the files of an ensemble of runs go: OUT/ensembles/<run>+<run>+..."""
+    return Path(out_dir) / "ensembles" / "+".join(Path(r).name for r in run_dirs)
+
+
+def _scores(loaded, store, ids, labels, cfg, device: str):
+    """(video_ids, probabilities [N, C], mean task loss or None) of one run, or of several as the
+    mean of their probabilities (sigmoids / softmaxes), with the loss of that mean."""
+    multilabel = loaded[0][1]["multilabel"]
+    tcfg, per_run = cfg.train, []
+    for model, ckpt in loaded:
+        ds = _dataset(store, list(ids), ckpt["inputs"], labels)
+        loader = torch.utils.data.DataLoader(ds, batch_size=int(tcfg.get("eval_batch_size", 1024)), collate_fn=collate_batch)
+        per_run.append(predict_scores(model, loader, device, multilabel, bool(tcfg.get("amp", False))))
+    if len(per_run) == 1:
+        got_ids, scores, _, loss = per_run[0]
+        return got_ids, scores, loss
+    scores = np.mean([s for _, s, _, _ in per_run], 0)
+    loss = None
+    if labels is not None:
+        p, y = np.clip(scores, 1e-7, 1 - 1e-7), labels.astype(np.float64)
+        per_video = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1) if multilabel else -(y * np.log(p)).sum(1)
+        loss = float(per_video.mean())
+    return per_run[0][0], scores, loss
+
+
+def run_evaluate(cfg: DictConfig, out_dir: str | Path, run_dir, split: str = "val") -> dict:
     """Metrics of a trained run (best.pt) on `split` (train / val / test / all labeled videos):
-    printed as a table and written to RUN/eval-<split>.json."""
-    run_dir = Path(run_dir)
+    printed as a table and written to RUN/eval-<split>.json. Several runs (a list) are evaluated
+    as one ensemble, the mean of their probabilities, written to OUT/ensembles/<a>+<b>/; train /
+    val then have to be the same videos for every run (a video one run trained on would be
+    scored as unseen)."""
+    run_dirs = _run_dirs(run_dir)
     device = resolve_device(cfg.get("device", "auto"))
-    model, ckpt = load_model(_checkpoint_path(run_dir), device)
     catalog, store = open_output(cfg, out_dir)
     try:
-        _check_store(store, ckpt)
+        loaded = _load_runs(run_dirs, device, store)
+        ckpt = loaded[0][1]
         task = load_labels(catalog)
         if task["class_names"] != ckpt["class_names"]:
             raise ValueError("the catalog's classes differ from the ones the model was trained on")
         row = {vid: i for i, vid in enumerate(task["video_ids"])}
         if split in ("train", "val") and split in ckpt["split_ids"]:
             ids = ckpt["split_ids"][split]
+            if any(c["split_ids"].get(split) != ids for _, c in loaded):
+                raise ValueError(f"the runs were trained on different {split} splits: an ensemble cannot be scored on them")
         elif split == "all":
             ids = task["video_ids"]
         else:
@@ -571,17 +641,20 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path, run_dir: str | Path, spli
         ids = [vid for vid in ids if vid in row]
         if not ids:
             raise ValueError(f"no labeled videos in split {split!r}")
-        ds = _dataset(store, ids, ckpt["inputs"], task["labels"][[row[v] for v in ids]])
+        labels = task["labels"][[row[v] for v in ids]]
+        _, scores, loss = _scores(loaded, store, ids, labels, cfg, device)
         tcfg = cfg.train
-        loader = torch.utils.data.DataLoader(ds, batch_size=int(tcfg.get("eval_batch_size", 1024)), collate_fn=collate_batch)
-        _, scores, labels, loss = predict_scores(model, loader, device, ckpt["multilabel"], bool(tcfg.get("amp", False)))
         metrics = compute_metrics(scores, labels, ckpt["multilabel"], float(tcfg.get("threshold", 0.5)),
                                   int(tcfg.get("top_k", 20)))
         metrics["loss"] = loss
-        result = {"run": str(run_dir), "split": split, "checkpoint_epoch": ckpt["epoch"], "model": ckpt["model_name"],
-                  "multilabel": ckpt["multilabel"], "metrics": metrics, "config": to_dict(cfg), "versions": versions()}
-        write_json(run_dir / f"eval-{split}.json", result)
-        _print_table(f"{ckpt['model_name']} on {split} ({len(ids)} videos)", metrics)
+        names = [c["model_name"] for _, c in loaded]
+        result = {"run": str(run_dirs[0]) if len(run_dirs) == 1 else [str(r) for r in run_dirs], "split": split,
+                  "checkpoint_epoch": ckpt["epoch"] if len(run_dirs) == 1 else [c["epoch"] for _, c in loaded],
+                  "model": names[0] if len(run_dirs) == 1 else names, "multilabel": ckpt["multilabel"],
+                  "metrics": metrics, "config": to_dict(cfg), "versions": versions()}
+        target = run_dirs[0] if len(run_dirs) == 1 else ensemble_dir(out_dir, run_dirs)
+        write_json(target / f"eval-{split}.json", result)
+        _print_table(f"{' + '.join(names)} on {split} ({len(ids)} videos)", metrics)
         return result
     finally:
         catalog.close()
@@ -604,24 +677,22 @@ def run_predict(cfg: DictConfig, out_dir: str | Path, run_dir: str | Path, outpu
     """Labels with probabilities per video, one JSON object a line (MultimodalVideoTag style):
     {"video_id": ..., "labels": [[label, prob], ...]} sorted by probability; the top_k best
     (None = all) of those with prob >= threshold (None = no threshold). Default videos: every
-    video of the store that has at least one of the model's input modalities."""
-    run_dir, output = Path(run_dir), Path(output)
+    video of the store that has at least one of the model's input modalities. Several runs (a
+    list) predict as one ensemble, the mean of their probabilities."""
+    output = Path(output)
     device = resolve_device(cfg.get("device", "auto"))
-    model, ckpt = load_model(_checkpoint_path(run_dir), device)
     catalog, store = open_output(cfg, out_dir)
     try:
-        _check_store(store, ckpt)
+        loaded = _load_runs(_run_dirs(run_dir), device, store)
         if video_ids is None:
             have = set()
-            for layout, names in ckpt["inputs"].items():
-                for m in names:
-                    have |= {vid for vid, _, _ in catalog.feature_locations(m, layout)}
+            for _, ckpt in loaded:
+                for layout, names in ckpt["inputs"].items():
+                    for m in names:
+                        have |= {vid for vid, _, _ in catalog.feature_locations(m, layout)}
             video_ids = sorted(have)
-        ds = _dataset(store, list(video_ids), ckpt["inputs"])
-        loader = torch.utils.data.DataLoader(ds, batch_size=int(cfg.train.get("eval_batch_size", 1024)),
-                                             collate_fn=collate_batch)
-        ids, scores, _, _ = predict_scores(model, loader, device, ckpt["multilabel"], bool(cfg.train.get("amp", False)))
-        names = ckpt["class_names"]
+        ids, scores, _ = _scores(loaded, store, video_ids, None, cfg, device)
+        names = loaded[0][1]["class_names"]
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
@@ -700,10 +771,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_cross_validation(cfg, a.out, a.model, a.folds, run_name=a.run)
         else:
             run_train(cfg, a.out, a.model, run_name=a.run, resume=a.resume)
-    elif a.command == "evaluate":
-        run_evaluate(cfg, a.out, a.out / "runs" / a.run, a.split)
-    else:
-        run_predict(cfg, a.out, a.out / "runs" / a.run, a.output or a.out / "runs" / a.run / "predictions.jsonl")
+    else:   # evaluate / predict: --run a,b for an ensemble
+        run_dirs = [a.out / "runs" / r for r in a.run.split(",")]
+        if a.command == "evaluate":
+            run_evaluate(cfg, a.out, run_dirs, a.split)
+        else:
+            folder = run_dirs[0] if len(run_dirs) == 1 else ensemble_dir(a.out, run_dirs)
+            run_predict(cfg, a.out, run_dirs, a.output or folder / "predictions.jsonl")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -205,3 +205,68 @@ def test_weight_average_is_what_is_validated_saved_and_resumed(store_dir):
     for part in ("model", "train_model"):
         for k in last[part]:
             torch.testing.assert_close(last[part][k], resumed[part][k], rtol=0, atol=1e-6)
+
+
+def test_mixup_mixes_inputs_and_labels_of_pairs_and_keeps_only_shared_modalities():
+    torch.manual_seed(0)
+    batch = {"video_ids": ["a", "b", "c", "d"],
+             "pooled": {"x": torch.arange(8.0).reshape(4, 2)},
+             "sequence": {"s": torch.ones(4, 3, 2)}, "lengths": {"s": torch.tensor([1, 3, 2, 3])},
+             "present": {"x": torch.tensor([True, True, False, True])},
+             "observed": {"x": torch.tensor([True, True, False, True])},
+             "labels": torch.eye(4)}
+    torch.manual_seed(1)
+    mixed = training.mixup(batch, 0.4)
+    torch.manual_seed(1)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    j = torch.randperm(4)
+    assert 0 < lam < 1 and not torch.equal(j, torch.arange(4))
+    torch.testing.assert_close(mixed["pooled"]["x"], lam * batch["pooled"]["x"] + (1 - lam) * batch["pooled"]["x"][j])
+    torch.testing.assert_close(mixed["labels"], lam * torch.eye(4) + (1 - lam) * torch.eye(4)[j])
+    assert torch.equal(mixed["lengths"]["s"], torch.maximum(batch["lengths"]["s"], batch["lengths"]["s"][j]))
+    assert torch.equal(mixed["present"]["x"], batch["present"]["x"] & batch["present"]["x"][j])
+    torch.testing.assert_close(mixed["labels"].sum(1), torch.ones(4))   # still a distribution per example
+
+
+@pytest.mark.parametrize("name", ["early_fusion", "nmcl"])
+def test_training_with_mixup_learns_and_is_deterministic(name, store_dir):
+    cfg = config("train.epochs=15", "train.mixup=0.2", model=name)
+    a = run_train(cfg, store_dir, name, run_name=f"mixup-{name}-a")
+    b = run_train(cfg, store_dir, name, run_name=f"mixup-{name}-b")
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    plain = run_train(config("train.epochs=15", model=name), store_dir, name, run_name=f"plain-{name}")
+    assert a["history"][-1]["train_loss"] != plain["history"][-1]["train_loss"]   # the batches were mixed
+    assert a["best"]["accuracy"] >= 0.8, a["best"]
+
+
+def test_ensemble_of_runs_averages_their_probabilities(store_dir, tmp_path):
+    """evaluate / predict with several runs: the mean of their probabilities, written under
+    OUT/ensembles/<a>+<b>/; runs with other val splits are refused."""
+    cfg = config("train.epochs=15")
+    for name in ("early_fusion", "late_fusion"):
+        run_train(config("train.epochs=15", model=name), store_dir, name, run_name=f"ens-{name}")
+    runs = [store_dir / "runs" / "ens-early_fusion", store_dir / "runs" / "ens-late_fusion"]
+    paths = [run_predict(cfg, store_dir, r, tmp_path / f"{r.name}.jsonl", top_k=None) for r in runs]
+    both = run_predict(cfg, store_dir, runs, tmp_path / "both.jsonl", top_k=None)
+    singles = [{row["video_id"]: dict(row["labels"]) for row in map(json.loads, p.read_text().splitlines())} for p in paths]
+    for row in map(json.loads, both.read_text().splitlines()):
+        for label, prob in row["labels"]:
+            assert prob == pytest.approx((singles[0][row["video_id"]][label] + singles[1][row["video_id"]][label]) / 2, abs=2e-6)
+
+    result = run_evaluate(cfg, store_dir, runs, split="val")
+    saved = json.loads((store_dir / "ensembles" / "ens-early_fusion+ens-late_fusion" / "eval-val.json").read_text())
+    assert saved["metrics"]["accuracy"] == result["metrics"]["accuracy"] and saved["model"] == ["early_fusion", "late_fusion"]
+    assert result["metrics"]["accuracy"] >= 0.8 and np.isfinite(result["metrics"]["loss"])
+
+    from typer.testing import CliRunner
+    from pipeline.cli import app
+
+    args = ["--out", str(store_dir), "--run", "ens-early_fusion", "--run", "ens-late_fusion", "device=cpu"]
+    assert CliRunner().invoke(app, ["evaluate", *args]).exit_code == 0
+    assert CliRunner().invoke(app, ["predict", *args, "--top-k", "1"]).exit_code == 0
+    lines = (store_dir / "ensembles" / "ens-early_fusion+ens-late_fusion" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 400 and all(len(json.loads(line)["labels"]) == 1 for line in lines)
+
+    run_train(config("train.epochs=1", "train.val_fraction=0.2"), store_dir, "early_fusion", run_name="ens-other-split")
+    with pytest.raises(ValueError, match="different val splits"):
+        run_evaluate(cfg, store_dir, [runs[0], store_dir / "runs" / "ens-other-split"], split="val")
