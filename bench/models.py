@@ -96,7 +96,9 @@ def _markdown(results: dict) -> str:
 
 def _tuned_lines(section: dict) -> list[str]:
     tuned = section.get("tuned") or {}
-    return [""] + [f"- {m}: {' '.join(o)}" for m, o in tuned.items()] if tuned else []
+    lines = [f"- {m}: {' '.join(o)}" for m, o in tuned.items() if m != "ensemble"]
+    lines += [f"- ensemble member: {' '.join(member)}" for member in tuned.get("ensemble", [])]
+    return [""] + lines if lines else []
 
 
 # -- references: closed form ---------------------------------------------------------------------
@@ -172,10 +174,28 @@ def model_row(cfg_overrides: list[str], out_dir: Path, model: str, modalities: l
     return out
 
 
+def ensemble_row(cfg_overrides: list[str], out_dir: Path, members: list[list[str]], modalities: list[str],
+                 test_split: bool = False) -> dict:
+    """One run per member ([model, override, ...]), then their mean probability as one row
+    (`run_pipeline.py evaluate --run A --run B ...`); params and train time are the members' sums."""
+    trained = [model_row(cfg_overrides + member[1:], out_dir, member[0], modalities, f"ensemble member {i + 1}")
+               for i, member in enumerate(members)]
+    cfg = load_config(overrides=cfg_overrides + [f"train.modalities=[{','.join(modalities)}]"])
+    runs = [out_dir / "runs" / f"ensemble_member_{i + 1}" for i in range(len(members))]
+    out = {"row": f"ensemble of {len(members)} ({' + '.join(m[0] for m in members)})", "model": "ensemble",
+           "modalities": modalities, "val": run_evaluate(cfg, out_dir, runs, split="val")["metrics"],
+           "params": sum(t["params"] for t in trained), "train_s": round(sum(t["train_s"] for t in trained), 1),
+           "members": trained, "loadavg": os.getloadavg()}
+    if test_split:
+        out["test"] = run_evaluate(cfg, out_dir, runs, split="test")["metrics"]
+    return out
+
+
 def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str], results: dict,
                   tuned: dict | None = None) -> None:
     """Import `name`, then run the rows asked for: "reference" (ridge / logistic regression), a
-    model name (all modalities) or "single" (Early Fusion on one modality at a time). Rows of an
+    model name (all modalities), "single" (Early Fusion on one modality at a time) or "ensemble"
+    (the members listed under `ensemble:` in the tuned settings). Rows of an
     earlier run that are not re-run are kept, so a long benchmark can be completed in parts."""
     modalities = ["rgb", "audio"] if name == "yt8m" else ["text", "audio", "video"]
     old = {r["row"]: r for r in results.get(name, {}).get("rows", [])}
@@ -215,7 +235,7 @@ def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str
     for r in rows:
         if r == "single":
             plan += [("early_fusion", [m], f"early_fusion ({m} only)") for m in modalities]
-        elif r != "reference":
+        elif r not in ("reference", "ensemble"):
             plan.append((r, modalities, r))
     if "reference" in rows:
         finish(reference(out_dir, modalities))
@@ -228,13 +248,16 @@ def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str
             section.setdefault("failed", []).append({"row": row, "error": f"{type(e).__name__}: {e}"})
             print(f"   FAILED: {e}", flush=True)
             _save(results)
+    if "ensemble" in rows and (tuned or {}).get("ensemble"):
+        print(f"== {name}: ensemble", flush=True)
+        finish(ensemble_row(overrides, out_dir, tuned["ensemble"], modalities, test_split=name == "mosi"))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["yt8m", "mosi"], choices=["yt8m", "mosi"])
-    p.add_argument("--rows", nargs="+", default=["reference", *ZOO, "single"],
-                   help="reference, model names, single (Early Fusion per modality); default: all")
+    p.add_argument("--rows", nargs="+", default=["reference", *ZOO, "single", "ensemble"],
+                   help="reference, model names, single (Early Fusion per modality), ensemble; default: all")
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder, removed after)")
     p.add_argument("--yt8m-epochs", type=int, default=6)
     p.add_argument("--mosi-epochs", type=int, default=30)

@@ -25,6 +25,8 @@ class Features:
 
     pooled: np.ndarray                  # (D,) float32
     sequence: np.ndarray | None = None  # (T, D) float32: per frame / audio example / token / segment
+    times: np.ndarray | None = None     # (T, 2) float64 start/end seconds of each sequence row
+    segments: list | None = None        # [(start_s, end_s, text), ...] text made by the extractor (ASR)
 
 
 class WeightsNotFound(FileNotFoundError):
@@ -51,6 +53,12 @@ class Extractor:
     # -- the interface -------------------------------------------------------------------------
     def extract(self, clips: list) -> list[Features | None]:
         raise NotImplementedError
+
+    def views(self) -> dict:
+        """The frames this extractor needs beyond `clip.frames`: {name: pipeline.decode.View}.
+        The decode pass produces the union of every extractor's views once per video; read them
+        as clip.views[view.key()]. Default: none (the extractor uses clip.frames / clip.audio)."""
+        return {}
 
     def worker_fn(self):
         """A picklable function of one Clip that the decode worker processes run for this

@@ -56,10 +56,52 @@ class Clip:
     height: int = 0
     backend: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # Extra views of the same decode pass, keyed by `View.key()` (see `View`): uint8 arrays,
+    # (T, H, W, C) for frame views, (N, T, H, W, C) for windows; `view_times[key]` is (T, 2) or
+    # (N, 2) start/end seconds per frame or per window.
+    views: dict[str, np.ndarray] = field(default_factory=dict)
+    view_times: dict[str, np.ndarray] = field(default_factory=dict)
+    # Time-stamped text of the video: [(start_s, end_s, text), ...] from a sidecar .srt/.vtt/.ass
+    # or an embedded subtitle stream; None when the video has none.
+    subtitles: list[tuple[float, float, str]] | None = None
+    warnings: dict[str, int] = field(default_factory=dict)   # e.g. {"lost_packets": 3, "lost_frames": 3}
 
     @property
     def has_audio(self) -> bool:
         return self.audio is not None
+
+
+@dataclass(frozen=True)
+class View:
+    """One set of frames an extractor needs from the decode pass (decode once, many views).
+
+    kind: "uniform"   num_frames frames at the centres of equal segments (or one every 1/fps s)
+          "window"    windows of num_frames consecutive frames resampled to `fps`, a new window
+                      every `stride` frames (default num_frames); a clip shorter than one window
+                      gives one window padded with its last frame
+          "keyframes" the I-frames (at most num_frames, evenly chosen among them)
+          "shots"     one frame (the middle) per shot of PySceneDetect's content detector
+    short_side: resize so the short side has this many pixels (None: as decoded)
+    gray:       one channel (C = 1)
+    """
+
+    kind: str = "uniform"
+    num_frames: int = 16
+    fps: float | None = None
+    stride: int | None = None
+    short_side: int | None = 224
+    gray: bool = False
+
+    def key(self) -> str:
+        """Name of this view in `Clip.views`; equal views of two extractors share one key."""
+        parts = [self.kind, f"n{self.num_frames}", f"s{self.short_side}"]
+        if self.fps:
+            parts.append(f"fps{self.fps:g}")
+        if self.stride:
+            parts.append(f"st{self.stride}")
+        if self.gray:
+            parts.append("gray")
+        return "-".join(parts)
 
 
 @dataclass
