@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pipeline.complete import lambda_max, soft_impute_als, standardize_  # noqa: E402
+from pipeline.lowrank import lambda_max, soft_impute_als, standardize_  # noqa: E402
 from pipeline.config import load_config, versions  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -241,7 +241,8 @@ def write_store(out: Path, data: dict, hidden: np.ndarray | None) -> None:
 
 def train_eval(out: Path, model: str, modalities: list[str], data: dict, seed: int, overrides: list[str]) -> float:
     """Train with the project's trainer (pipeline/train.py) and score on the test split."""
-    from pipeline.train import run_evaluate, run_train
+    from pipeline.evaluate import run_evaluate
+    from pipeline.train import run_train
 
     # use_completed=false: the listed modalities are read as named (the trainer would otherwise
     # swap in <m>@completed wherever the store has it, and zero fill would not be zero fill).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decode benchmark on the 300 real fight clips: 16 frames at 224 px short side + 16 kHz audio.
 
-Runs the pipeline's own decode path (`pipeline.stages.decode_stream`, a process pool working
+Runs the pipeline's own decode path (`pipeline.extract.decode_stream`, a process pool working
 ahead) with decord and with PyAV, and, as the yardstick, a plain PyAV decode of every frame of
 every clip (no RGB conversion, no audio) on the same number of processes.
 Prints and saves bench/results/decode.json.
@@ -24,7 +24,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import versions  # noqa: E402
 from pipeline.decode import Clip, DecodeOptions  # noqa: E402
-from pipeline.stages import decode_stream  # noqa: E402
+from pipeline.extract import decode_stream  # noqa: E402
 
 
 class PeakRSS:

@@ -42,7 +42,7 @@ def main():
         subprocess.run(cmd, check=False)
     run = json.loads(sorted((out / "summaries").glob("run-*.json"))[-1].read_text())
 
-    from pipeline import train as training
+    from pipeline import crossval
     from pipeline.config import load_config, versions
 
     result = {"command_overrides": overrides, "weights": args.weights, "stage_seconds": run["seconds"],
@@ -52,7 +52,7 @@ def main():
         cfg = load_config(overrides=overrides + [f"train.modalities=[{modality}]", "train.use_completed=false",
                                                  "train.progress=false"])
         t0 = time.perf_counter()
-        cv = training.run_cross_validation(cfg, out, "early_fusion", folds=args.folds, run_name=f"single-{modality}")
+        cv = crossval.run_cross_validation(cfg, out, "early_fusion", folds=args.folds, run_name=f"single-{modality}")
         result["per_modality"][modality] = {"model": "early_fusion", "cv": cv["summary"],
                                             "seconds": round(time.perf_counter() - t0, 1)}
         print(modality, json.dumps(cv["summary"]["accuracy"]), flush=True)

@@ -10,10 +10,15 @@ Measures, on this machine:
   * ResNet-50 on 8 frames per clip with decoding included, decode in the same process one clip
     after the other vs decode in worker processes overlapped with compute (s/clip; the
     video_features reference is 1.18 s/clip on this machine, target <= 0.24);
-  * the pipeline's own extract stage (pipeline.stages.run_extract: decode workers, which also
+  * the pipeline's own extract stage (pipeline.extract.run_extract: decode workers, which also
     run the trajectory flow and tracking, overlapped with the default extractors) against the
     same clips done stage after stage, with each stage's CPU seconds (their sum / cores is the
     least wall time any overlap can reach on this machine).
+  * the visual families (`--families`: video3d R(2+1)D-18 / S3D / MViT / Swin3D, I3D RGB and flow,
+    CLIP / SigLIP / timm frames, scene scores) on `--family-clips` clips decoded once with the
+    union of their views: clips/s, windows or frames per s, network GFLOP per window / frame
+    (torch's FlopCounterMode) and achieved GFLOP/s against the matmul rate of their precision;
+  * video_features' visual families side by side: whether each runs here (separate process).
 Visual and VGGish run with `weights: random` (no pretrained files offline here): the speed of a
 network does not depend on its weights. Prints and saves bench/results/extract.json.
 
@@ -38,19 +43,25 @@ from extractors import build_extractor  # noqa: E402
 from extractors.base import cpu_has_fast_bf16  # noqa: E402
 from pipeline.config import load_config, versions  # noqa: E402
 from pipeline.decode import Clip, DecodeOptions, decode_video  # noqa: E402
-from pipeline.stages import decode_stream, write_json  # noqa: E402
+from pipeline.extract import decode_stream  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
 
 RESNET50_GFLOP = 8.2  # per 224x224 image (4.1 GMAC)
 
 
-def matmul_gflops(dtype, n=2048, seconds=3.0) -> float:
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # warm-up (oneDNN / MKL kernel selection)
+def matmul_gflops(dtype, n=2048, seconds=3.0, device="cpu") -> float:
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)  # warm-up (oneDNN / MKL / cuBLAS kernel selection)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync()
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)
         reps += 1
+        if reps % 16 == 0:
+            sync()
+    sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
@@ -121,7 +132,8 @@ def pipeline_end_to_end(paths: list[Path], workers: int) -> dict:
     decode everything, then each extractor over all clips. Both exclude fitting the trajectory
     codebook (the stage-after-stage run reuses the codebook the pipeline run learnt). The CPU
     seconds of the stages bound the wall time of any overlap from below: sum / cores."""
-    from pipeline.stages import build_extractors, run_extract, run_scan
+    from pipeline.extract import build_extractors, run_extract
+    from pipeline.scan import run_scan
 
     overrides = ["extractors.visual.weights=random", "extractors.audio.weights=random",
                  f"decode.workers={workers}", f"extractors.trajectory.fit_videos={min(60, len(paths))}"]
@@ -175,6 +187,114 @@ def pipeline_end_to_end(paths: list[Path], workers: int) -> dict:
             "target_wall_over_slowest_stage": 1.2}
 
 
+# -- the visual families of extractors/video3d.py, i3d.py, image_text.py, scene.py ------------------
+FAMILY_BENCH = {  # bench name -> (YAML modality, overrides, unit the network runs on)
+    "video3d": ("video3d", {}, "window"),
+    "video3d_s3d": ("video3d", {"arch": "s3d"}, "window"),
+    "video3d_mvit_v2_s": ("video3d", {"arch": "mvit_v2_s"}, "window"),
+    "video3d_swin3d_t": ("video3d", {"arch": "swin3d_t"}, "window"),
+    "i3d_rgb": ("i3d_rgb", {}, "window"),
+    "i3d_flow": ("i3d_flow", {}, "window"),
+    "image_text": ("image_text", {}, "frame"),
+    "image_text_siglip": ("image_text", {"backend": "siglip", "model": "google/siglip-base-patch16-224"}, "frame"),
+    "image_text_timm": ("image_text", {"backend": "timm", "model": "convnext_tiny"}, "frame"),
+    "scene": ("scene", {}, "frame"),
+}
+RANDOM = {"weights": "random", "global_weights": "random", "local_weights": "random"}
+
+
+def family_extractor(name: str, device: str = "cpu", **extra):
+    """(extractor with random weights, unit) for a FAMILY_BENCH entry; `extra` overrides its YAML."""
+    from omegaconf import OmegaConf
+
+    modality, over, unit = FAMILY_BENCH[name]
+    cfg = OmegaConf.to_container(load_config().extractors[modality], resolve=True)
+    for changes in ({k: v for k, v in RANDOM.items() if k in cfg or k == "weights"}, over, extra):
+        cfg.update(changes)
+    return build_extractor(modality, cfg, device), unit
+
+
+def network_flops(ext, clip) -> float:
+    """FLOPs of the networks for one clip (torch's FlopCounterMode: 2 per multiply-add of every
+    conv / matmul; optical flow and preprocessing not counted), on a copy so that no cached
+    forward pass is reused."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        ext.extract([copy.copy(clip)])
+    return float(counter.get_total_flops())
+
+
+def rows_of(ext, clip) -> int:
+    """Sequence rows (windows or frames) `ext` makes for `clip`, from the decoded views alone."""
+    views = ext.views()
+    return len(clip.view_times[next(iter(views.values())).key()]) if views else len(clip.frames)
+
+
+def visual_families(paths, names, workers, res, frames: int = 16) -> dict:
+    """Each family with `weights: random` on the same decoded clips (one decode pass for the union
+    of their views; `frames` uniform frames per clip for the per-frame families): clips/s, windows
+    or frames per s, achieved GFLOP/s against the matmul rate of the precision the family ran in.
+    Decode timed apart (it overlaps compute in the pipeline)."""
+    from pipeline.views import collect_views
+
+    built = {n: family_extractor(n) for n in names}
+    views = collect_views({n: e for n, (e, _) in built.items()})
+    opts = DecodeOptions(num_frames=frames, short_side=224, audio=False, views=views)
+    clips, seconds = decode_all(paths, opts, workers)
+    out = {"decode": {"clips": len(clips), "seconds": round(seconds, 2), "uniform_frames": frames,
+                      "views": sorted(views)}}
+    print("families decode:", out["decode"], flush=True)
+    for name, (ext, unit) in built.items():
+        r = time_extractor(ext, clips)
+        r.pop("frames_per_s", None)
+        rows = [rows_of(ext, c) for c in clips]
+        flops = network_flops(ext, clips[0]) / rows[0]
+        r.update(unit=unit, units_per_clip=round(float(np.mean(rows)), 2), units_per_s=round(sum(rows) / r["seconds"], 3),
+                 gflop_per_unit=round(flops / 1e9, 2), gflops=round(sum(rows) * flops / r["seconds"] / 1e9, 2),
+                 model=ext.metadata().get("model"))
+        rate = res.get("matmul_gflops", {}).get("bf16" if r["precision"] == "bf16" else "fp32")
+        if rate:
+            r["fraction_of_matmul_rate_same_precision"] = round(r["gflops"] / rate, 3)
+        out[name] = r
+        print(name, r, flush=True)
+        res["families"] = out
+    return out
+
+
+PEER_FAMILIES = {"r21d": "feature_type=r21d", "s3d": "feature_type=s3d", "i3d": "feature_type=i3d",
+                 "clip": "feature_type=clip model_name=ViT-B/32", "timm": "feature_type=timm model_name=convnext_tiny"}
+
+
+def video_features_side_by_side(paths, timeout_s: float = 240.0) -> dict:
+    """Does each of video_features' visual families run here (pinned torch, offline)? Each in a
+    separate process on one clip; the first error line where it does not."""
+    import subprocess
+
+    peer = ROOT.parent / "shared" / "peers" / "video_features"
+    if not peer.is_dir():
+        return {"skipped": f"{peer} is absent"}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "list.txt").write_text(str(paths[0].resolve()) + "\n")
+        for name, args in PEER_FAMILIES.items():
+            cmd = [sys.executable, "main.py", *args.split(), "device=cpu", "on_extraction=save_numpy",
+                   f"file_with_video_paths={tmp}/list.txt", f"output_path={tmp}/{name}", f"tmp_path={tmp}/{name}/tmp"]
+            start = time.perf_counter()
+            try:
+                p = subprocess.run(cmd, cwd=peer, capture_output=True, text=True, timeout=timeout_s)
+                ran = p.returncode == 0 and any((Path(tmp) / name).rglob("*.npy"))
+                errs = [ln for ln in (p.stderr + p.stdout).splitlines() if "Error" in ln or "error" in ln]
+                out[name] = {"runs": ran, "seconds": round(time.perf_counter() - start, 1),
+                             "error": None if ran else (errs[-1] if errs else p.stderr.strip()[-300:])}
+            except subprocess.TimeoutExpired:
+                out[name] = {"runs": None, "error": f"timed out after {timeout_s} s"}
+            print("video_features", name, out[name], flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fight"))
@@ -185,8 +305,13 @@ def main():
     ap.add_argument("--e2e-clips", type=int, default=60, help="clips for the pipeline end-to-end run")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--extractors", nargs="*", default=["visual", "audio", "trajectory", "audio_dae", "text", "text_doc2vec"])
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: matmul decode extractors resnet8 e2e")
+    ap.add_argument("--extractors", nargs="*", default=["visual", "audio", "trajectory", "audio_dae", "audio_mfcc", "text", "text_doc2vec"])
+    ap.add_argument("--families", nargs="*", default=["video3d", "i3d_rgb", "i3d_flow", "image_text", "scene"],
+                    help=f"visual families to time (of {', '.join(FAMILY_BENCH)})")
+    ap.add_argument("--family-clips", type=int, default=8, help="clips for the visual families")
+    ap.add_argument("--family-frames", type=int, default=16, help="uniform frames per clip for image_text / scene")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help="parts to skip: matmul decode extractors resnet8 e2e families peers")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "extract.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -204,8 +329,10 @@ def main():
         write_json(args.out, res)
 
     if "matmul" not in args.skip:
+        # Without native bf16 (AVX2 only) a bf16 matmul is emulated, minutes for one 2048^2
+        # product, and `precision: auto` runs fp32 there anyway: not measured then.
         res["matmul_gflops"] = {"fp32": round(matmul_gflops(torch.float32), 1),
-                                "bf16": round(matmul_gflops(torch.bfloat16), 1)}
+                                "bf16": round(matmul_gflops(torch.bfloat16), 1) if cpu_has_fast_bf16() else None}
         print("matmul GFLOP/s:", res["matmul_gflops"], flush=True)
         save()
 
@@ -222,7 +349,7 @@ def main():
         cfg = load_config(overrides=["extractors.visual.weights=random", "extractors.audio.weights=random"])
         fit = clips[:: max(1, len(clips) // 60)][:60]  # a spread sample of 60 clips to fit on
         res["extractors"] = {}
-        for name in [n for n in ("visual", "audio", "trajectory", "audio_dae") if n in args.extractors]:
+        for name in [n for n in ("visual", "audio", "trajectory", "audio_dae", "audio_mfcc") if n in args.extractors]:
             ext = build_extractor(name, cfg.extractors[name], "cpu")
             sub = clips[: args.visual_clips] if name == "visual" else clips
             r = time_extractor(ext, sub, fit_clips=fit)
@@ -255,6 +382,14 @@ def main():
             if name == "text":
                 stage_times[name] = 0.0  # no titles in the fight clips: nothing to do there
         res["stage_times_s"] = {k: round(v, 2) for k, v in stage_times.items() if not k.startswith("_")}
+        save()
+
+    if "families" not in args.skip and args.families:
+        res["families"] = visual_families(paths[: args.family_clips], args.families, args.workers, res,
+                                          args.family_frames)
+        save()
+    if "peers" not in args.skip:
+        res["video_features"] = video_features_side_by_side(paths)
         save()
 
     if "resnet8" not in args.skip:

@@ -39,7 +39,7 @@ from extractors.optical_flow import compute_flows, load_raft, to_gray  # noqa: E
 from extractors.trajectory import dense_trajectories  # noqa: E402
 from pipeline.config import load_config, versions  # noqa: E402
 from pipeline.decode import DecodeOptions, decode_video  # noqa: E402
-from pipeline.stages import write_json  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
 
 MARGIN = 12
 

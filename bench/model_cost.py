@@ -56,10 +56,10 @@ def measure(store_dir: Path, name: str, batch_size: int, max_steps: int | None, 
     """Train `name` for one epoch (or max_steps) on the store; return its figures."""
     from models import build_model
     from models.common import task_loss
-    from pipeline import train as training
+    from pipeline import task as training
     from pipeline.config import load_config
-    from pipeline.stages import open_output
-    from pipeline.store import collate_batch
+    from pipeline.output import open_output
+    from pipeline.dataset import collate_batch
 
     torch.set_num_threads(threads)
     cfg = load_config(overrides=["device=cpu", f"models.{name}.label_embeddings=random"] if name == "marnet"
@@ -67,7 +67,7 @@ def measure(store_dir: Path, name: str, batch_size: int, max_steps: int | None, 
     catalog, store = open_output(cfg, store_dir)
     task = training.load_labels(catalog)
     inputs, dims = training.model_inputs(store, cfg.models[name], None)
-    ds = training._dataset(store, task["video_ids"], inputs, task["labels"])
+    ds = training.make_dataset(store, task["video_ids"], inputs, task["labels"])
     extra = training.label_extra(name, cfg.models[name], task["class_names"], task["labels"], "cpu")
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     torch.manual_seed(0)

@@ -1,7 +1,12 @@
 """Model comparison on real features nobody on this project made.
 
     python bench/models.py                       # everything: YouTube-8M, then CMU-MOSI
-    python bench/models.py --datasets mosi       # one dataset; --rows reference nmcl single; --yt8m-epochs 4
+    python bench/models.py --datasets mosi       # one dataset; --rows reference nmcl nmcl:tuned single; --yt8m-epochs 4
+    python bench/models.py --datasets yt8m --rows refit   # the train + val refit estimate (below)
+
+Rows: a model name is its default variant (`paper`); `model:variant` sets
+`models.<model>.variant` (e.g. nmcl:tuned). bench/models_tuned.yaml holds per-row settings
+chosen on the validation split, keyed by the row name.
 
 YouTube-8M: the video-level TFRecord shards of ../shared/data/yt8m are imported with
 `import_yt8m` (shards 0-49 -> train, 50-59 -> val) into a fresh output folder; every model of
@@ -14,6 +19,12 @@ YouTube-8M is judged on other shards). GAP@20, macro mAP, Hit@1, parameters, tra
 CMU-MOSI: `import_features(configs/importers/mosi.yaml)`; a speaker-independent val split is
 carved from train for model selection, and accuracy / F1 are reported on val and on the
 official test split. The reference row is a logistic regression.
+
+Refit (YouTube-8M, `--rows refit`): is "train on train + val with the epoch count chosen on
+val" worth it, measured on videos no choice has seen? Shards 50-54 become the tuning split and
+55-59 a test split: the ensemble of `refit:` members (models_tuned.yaml) is trained on 0-49 with
+its epochs chosen on 50-54, scored on 55-59, then refit on 0-54 with those epochs (keeping the
+last epoch) and scored on 55-59 again. The shipped recipe is the same refit on 0-59.
 
 Results: bench/results/models.json (every figure, the config, versions, load average) and
 bench/results/models.md (the tables). Each finished row is written at once, so an interrupted
@@ -43,11 +54,22 @@ from pipeline.catalog import Catalog  # noqa: E402
 from pipeline.config import load_config, versions  # noqa: E402
 from pipeline.importers import import_features, import_yt8m  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
-from pipeline.train import load_labels, load_model, run_evaluate, run_train  # noqa: E402
+from pipeline.checkpoint import load_model  # noqa: E402
+from pipeline.evaluate import run_evaluate  # noqa: E402
+from pipeline.task import load_labels  # noqa: E402
+from pipeline.train import run_train  # noqa: E402
 
 SHARED = Path(os.environ.get("MICROVIDEO_SHARED", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "bench" / "results"
-ZOO = ["early_fusion", "late_fusion", "early_att", "late_att", "nmcl", "marnet", "videotag", "netvlad", "mart"]
+# Both variants of NMCL and its baselines (the default variant is the paper's), then the other models.
+ZOO = ["early_fusion", "early_fusion:tuned", "late_fusion", "late_fusion:tuned", "early_att", "early_att:tuned",
+       "late_att", "late_att:tuned", "nmcl", "nmcl:tuned", "marnet", "videotag", "netvlad", "mart"]
+
+
+def row_model(row: str) -> tuple[str, list[str]]:
+    """"nmcl:tuned" -> ("nmcl", ["models.nmcl.variant=tuned"]); "nmcl" -> ("nmcl", [])."""
+    model, _, variant = row.partition(":")
+    return model, [f"models.{model}.variant={variant}"] if variant else []
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -90,8 +112,32 @@ def _markdown(results: dict) -> str:
             out.append(f"| {r['row']} | {'+'.join(r['modalities'])} | {' | '.join(cells)} | {r['params']:,} | "
                        f"{r['train_s']:.0f} | {r.get('epochs', '-')} ({r.get('best_epoch', '-')}) |")
         out += ["", f"Settings: {section['settings']}. Load average during the run: {section['loadavg']}.",
-                *_tuned_lines(section), ""]
-    return "\n".join(out) + "\n"
+                *([f"\n{section['note']}"] if section.get("note") else []), *_tuned_lines(section), ""]
+    return "\n".join(out + _refit_markdown(results.get("yt8m_refit"))) + "\n"
+
+
+def _refit_markdown(section: dict | None) -> list[str]:
+    if not section:
+        return []
+    out = ["## YouTube-8M: refit on train + val (train: shards 0-49; val: 50-54, chooses lambda / epochs; "
+           "test: 55-59, chooses nothing)", ""]
+    if "ridge" in section:
+        r = section["ridge"]
+        out += [f"Ridge reference (lambda {r['lambda']:g} chosen on val): test GAP@20 "
+                f"{r['test_train_only']['gap@20']:.4f} fit on 0-49, {r['test_refit']['gap@20']:.4f} refit on 0-54 "
+                f"(mAP {r['test_train_only']['map']:.4f} -> {r['test_refit']['map']:.4f}). "
+                f"Load average: {r['loadavg']}.", ""]
+    if "ensemble_refit" in section:
+        out += ["| member | epochs (chosen on val) | val GAP@20 | test GAP@20, train only | test GAP@20, refit |",
+                "|---|---:|---:|---:|---:|"]
+        for i, m in enumerate(section["members"]):
+            t = m["train_only"]
+            out.append(f"| {i + 1}: {' '.join(m['member'])} | {t['best_epoch']} | {t['val']['gap@20']:.4f} | "
+                       f"{t['test']['gap@20']:.4f} | {m['refit']['test']['gap@20']:.4f} |")
+        out.append(f"| ensemble (mean probability) | - | {section['ensemble_train_only_val']['gap@20']:.4f} | "
+                   f"{section['ensemble_train_only']['gap@20']:.4f} | {section['ensemble_refit']['gap@20']:.4f} |")
+        out += ["", f"Settings: {section['settings']}. Load average: {section.get('loadavg')}.", ""]
+    return out
 
 
 def _tuned_lines(section: dict) -> list[str]:
@@ -114,24 +160,43 @@ def _split_arrays(out_dir: Path, modalities: list[str]) -> tuple[dict, list[str]
     return {s: (x[splits == s], task["labels"][splits == s]) for s in np.unique(splits)}, task["class_names"], task["multilabel"]
 
 
+def _ridge(x: np.ndarray, y: np.ndarray, lambdas) -> dict:
+    """{lambda: predict(x')}: W = (X'X + lambda I)^-1 X'Y on features standardised with x's
+    statistics, plus a bias column (one Gram matrix for every lambda)."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    prep = lambda z: np.c_[(z - mu) / sd, np.ones(len(z))].astype(np.float64)   # noqa: E731
+    xt = prep(x)
+    gram, rhs = xt.T @ xt, xt.T @ y
+    weights = {lam: np.linalg.solve(gram + lam * np.eye(len(gram)), rhs) for lam in lambdas}
+    return {lam: (lambda z, w=w: prep(z) @ w) for lam, w in weights.items()}
+
+
 def ridge_row(out_dir: Path, modalities: list[str], lambdas=(1.0, 10.0, 100.0, 1000.0, 10000.0)) -> dict:
-    """W = (X'X + lambda I)^-1 X'Y on standardised features with a bias column; lambda by val GAP@20."""
+    """Closed-form ridge regression on the standardised concatenation; lambda by val GAP@20."""
     started = time.time()
     data, _, _ = _split_arrays(out_dir, modalities)
     (xt, yt), (xv, yv) = data["train"], data["val"]
-    mu, sd = xt.mean(0), xt.std(0) + 1e-6
-    xt = np.c_[(xt - mu) / sd, np.ones(len(xt))].astype(np.float64)
-    xv = np.c_[(xv - mu) / sd, np.ones(len(xv))].astype(np.float64)
-    gram, rhs = xt.T @ xt, xt.T @ yt
-    best = None
-    for lam in lambdas:
-        w = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)
-        m = metrics_module.compute_metrics(xv @ w, yv, True)
-        if best is None or m["gap@20"] > best[1]["gap@20"]:
-            best = (lam, m)
-    return {"row": "ridge (closed form)", "model": "ridge", "modalities": modalities, "val": best[1],
-            "params": int(w.size), "train_s": round(time.time() - started, 1), "lambda": best[0],
+    scored = {lam: metrics_module.compute_metrics(f(xv), yv, True) for lam, f in _ridge(xt, yt, lambdas).items()}
+    lam = max(scored, key=lambda k: scored[k]["gap@20"])
+    return {"row": "ridge (closed form)", "model": "ridge", "modalities": modalities, "val": scored[lam],
+            "params": int((xt.shape[1] + 1) * yt.shape[1]), "train_s": round(time.time() - started, 1), "lambda": lam,
             "lambdas": list(lambdas), "loadavg": os.getloadavg()}
+
+
+def ridge_refit(out_dir: Path, modalities: list[str], lambdas=(10.0, 100.0, 1000.0, 10000.0)) -> dict:
+    """The refit measured with the closed-form reference (cheap where training is not): lambda
+    chosen on val (shards 50-54) for a fit on train (0-49); that fit and a refit on train + val
+    with the same lambda, both scored on test (55-59)."""
+    started = time.time()
+    data, _, _ = _split_arrays(out_dir, modalities)
+    (xt, yt), (xv, yv), (xs, ys) = data["train"], data["val"], data["test"]
+    fits = _ridge(xt, yt, lambdas)
+    val = {lam: metrics_module.compute_metrics(f(xv), yv, True)["gap@20"] for lam, f in fits.items()}
+    lam = max(val, key=val.get)
+    refit = _ridge(np.r_[xt, xv], np.r_[yt, yv], [lam])[lam]
+    return {"lambda": lam, "val_gap": val, "test_train_only": metrics_module.compute_metrics(fits[lam](xs), ys, True),
+            "test_refit": metrics_module.compute_metrics(refit(xs), ys, True), "seconds": round(time.time() - started, 1),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def logistic_row(out_dir: Path, modalities: list[str], cs=(0.01, 0.1, 1.0, 10.0)) -> dict:
@@ -160,12 +225,12 @@ def model_row(cfg_overrides: list[str], out_dir: Path, model: str, modalities: l
               test_split: bool = False) -> dict:
     overrides = cfg_overrides + [f"train.modalities=[{','.join(modalities)}]"]
     cfg = load_config(overrides=overrides)
-    run_name = row.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
+    run_name = row.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_").replace(":", "-")
     shutil.rmtree(out_dir / "runs" / run_name, ignore_errors=True)
     started = time.time()
     result = run_train(cfg, out_dir, model, run_name=run_name)
     train_s = time.time() - started
-    out = {"row": row, "model": model, "modalities": modalities, "val": result["best"],
+    out = {"row": row, "model": model, "modalities": modalities, "val": result["best"], "run_dir": result["run_dir"],
            "best_epoch": result["best_epoch"] + 1, "epochs": result["epochs_run"], "params": _params(result["run_dir"]),
            "train_s": round(train_s, 1), "overrides": overrides, "loadavg": os.getloadavg(),
            "history": [{k: h[k] for k in ("epoch", "train_loss", "val_loss", result["monitor"])} for h in result["history"]]}
@@ -178,8 +243,8 @@ def ensemble_row(cfg_overrides: list[str], out_dir: Path, members: list[list[str
                  test_split: bool = False) -> dict:
     """One run per member ([model, override, ...]), then their mean probability as one row
     (`run_pipeline.py evaluate --run A --run B ...`); params and train time are the members' sums."""
-    trained = [model_row(cfg_overrides + member[1:], out_dir, member[0], modalities, f"ensemble member {i + 1}")
-               for i, member in enumerate(members)]
+    trained = [model_row(cfg_overrides + row_model(member[0])[1] + member[1:], out_dir, row_model(member[0])[0],
+                         modalities, f"ensemble member {i + 1}") for i, member in enumerate(members)]
     cfg = load_config(overrides=cfg_overrides + [f"train.modalities=[{','.join(modalities)}]"])
     runs = [out_dir / "runs" / f"ensemble_member_{i + 1}" for i in range(len(members))]
     out = {"row": f"ensemble of {len(members)} ({' + '.join(m[0] for m in members)})", "model": "ensemble",
@@ -189,6 +254,66 @@ def ensemble_row(cfg_overrides: list[str], out_dir: Path, members: list[list[str
     if test_split:
         out["test"] = run_evaluate(cfg, out_dir, runs, split="test")["metrics"]
     return out
+
+
+def _fixed_split(out_dir: Path, train_splits: tuple[str, ...]) -> dict:
+    """Task row indices: "train" = every video whose catalog split is in `train_splits`."""
+    cat = Catalog(out_dir / "catalog.sqlite")
+    try:
+        splits = np.array([(s or "").lower() for s in load_labels(cat)["splits"]])
+    finally:
+        cat.close()
+    idx = np.arange(len(splits))
+    return {"train": idx[np.isin(splits, train_splits)], "val": idx[splits == "val"], "test": idx[splits == "test"]}
+
+
+def refit_section(work: Path, overrides: list[str], members: list[list[str]], results: dict,
+                  ridge_only: bool = False) -> None:
+    """The train + val refit, measured: shards 0-49 train, 50-54 val (epoch choice), 55-59 test.
+    An import of an earlier call in the same --out folder is reused."""
+    out_dir = work / "yt8m_refit"
+    if not (out_dir / "catalog.sqlite").exists():
+        shards = sorted(glob.glob(str(SHARED / "yt8m" / "tfrecord" / "*.tfrecord")))
+        vocab = SHARED / "yt8m" / "vocabulary.csv"
+        for part, split in ((shards[:50], "train"), (shards[50:55], "val"), (shards[55:60], "test")):
+            import_yt8m(part, out_dir, vocabulary=vocab, split=split)
+    modalities = ["rgb", "audio"]
+    if ridge_only or "ridge" not in results.get("yt8m_refit", {}):
+        results.setdefault("yt8m_refit", {})["ridge"] = ridge_refit(out_dir, modalities)
+        _save(results)
+    if ridge_only:
+        return
+    base = overrides + [f"train.modalities=[{','.join(modalities)}]"]
+    section = results["yt8m_refit"] = {"ridge": results["yt8m_refit"]["ridge"], "members": [], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                       "loadavg_start": [round(x, 2) for x in os.getloadavg()], "settings": " ".join(overrides),
+                                       "split": {"train": "shards 0-49", "val": "shards 50-54", "test": "shards 55-59"}}
+    refit_split = _fixed_split(out_dir, ("train", "val"))
+    section["videos"] = {k: int(len(v)) for k, v in _fixed_split(out_dir, ("train",)).items()}
+    section["videos"]["train+val"] = int(len(refit_split["train"]))
+    first, second = [], []
+    for i, member in enumerate(members):
+        model, variant = row_model(member[0])
+        cfg_over = base + variant + member[1:]
+        print(f"== refit member {i + 1}: train only", flush=True)
+        row = model_row(overrides + variant + member[1:], out_dir, model, modalities, f"refit member {i + 1} train", True)
+        cfg = load_config(overrides=cfg_over + [f"train.stop_after_epochs={row['best_epoch']}", "train.patience=1000"])
+        print(f"== refit member {i + 1}: train + val, {row['best_epoch']} epochs", flush=True)
+        started = time.time()
+        refit = run_train(cfg, out_dir, model, run_name=f"refit_member_{i + 1}_trainval", fixed_split=refit_split)
+        run_dir = Path(refit["run_dir"])
+        shutil.copy(run_dir / "last.pt", run_dir / "best.pt")   # the last epoch, not the in-sample "best"
+        test = run_evaluate(cfg, out_dir, run_dir, split="test", show=False)["metrics"]
+        section["members"].append({"member": member, "train_only": row, "refit": {
+            "epochs": refit["epochs_run"], "train_s": round(time.time() - started, 1), "test": test}})
+        first.append(Path(row["run_dir"]))
+        second.append(run_dir)
+        _save(results)
+    cfg = load_config(overrides=base)
+    section["ensemble_train_only"] = run_evaluate(cfg, out_dir, first, split="test", show=False)["metrics"]
+    section["ensemble_refit"] = run_evaluate(cfg, out_dir, second, split="test", show=False)["metrics"]
+    section["ensemble_train_only_val"] = run_evaluate(cfg, out_dir, first, split="val", show=False)["metrics"]
+    section["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    _save(results)
 
 
 def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str], results: dict,
@@ -235,14 +360,15 @@ def bench_dataset(name: str, out_dir: Path, rows: list[str], overrides: list[str
     for r in rows:
         if r == "single":
             plan += [("early_fusion", [m], f"early_fusion ({m} only)") for m in modalities]
-        elif r not in ("reference", "ensemble"):
+        elif r not in ("reference", "ensemble", "refit", "refit-ridge"):
             plan.append((r, modalities, r))
     if "reference" in rows:
         finish(reference(out_dir, modalities))
-    for model, mods, row in plan:
+    for spec, mods, row in plan:
         print(f"== {name}: {row}", flush=True)
+        model, variant = row_model(spec)
         try:
-            finish(model_row(overrides + list((tuned or {}).get(model, [])), out_dir, model, mods, row,
+            finish(model_row(overrides + variant + list((tuned or {}).get(spec, [])), out_dir, model, mods, row,
                              test_split=name == "mosi"))
         except Exception as e:  # a failing model is reported in the results, not hidden
             section.setdefault("failed", []).append({"row": row, "error": f"{type(e).__name__}: {e}"})
@@ -257,7 +383,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["yt8m", "mosi"], choices=["yt8m", "mosi"])
     p.add_argument("--rows", nargs="+", default=["reference", *ZOO, "single", "ensemble"],
-                   help="reference, model names, single (Early Fusion per modality), ensemble; default: all")
+                   help="reference, model[:variant] names, single (Early Fusion per modality), ensemble, refit, "
+                        "refit-ridge (YouTube-8M train + val refit, measured on shards 55-59); default: all but refit")
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder, removed after)")
     p.add_argument("--yt8m-epochs", type=int, default=6)
     p.add_argument("--mosi-epochs", type=int, default=30)
@@ -281,6 +408,11 @@ def main() -> None:
     }
     try:
         for name in a.datasets:
+            if name == "yt8m" and ({"refit", "refit-ridge"} & set(a.rows)):
+                refit_section(work, settings[name] + list(a.overrides), tuned["yt8m"]["refit"], results,
+                              ridge_only="refit" not in a.rows)
+            if name == "yt8m" and set(a.rows) <= {"refit", "refit-ridge"}:
+                continue
             out_dir = work / name
             shutil.rmtree(out_dir, ignore_errors=True)
             bench_dataset(name, out_dir, a.rows, settings[name] + list(a.overrides), results, tuned.get(name))

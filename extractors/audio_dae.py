@@ -135,7 +135,12 @@ class AudioDAEExtractor(Extractor):
         code = self.encode(x).float().cpu()
         per_segment = max(1, round(self.segment_s * SAMPLE_RATE / HOP))
         segs = torch.stack([s.mean(0) for s in code.split(per_segment)])
-        return Features(pooled=code.mean(0).numpy(), sequence=segs.numpy())
+        # Segment k holds spectrogram frames [k, k+1) * per_segment; frame j covers samples
+        # j * HOP .. j * HOP + N_FFT at SAMPLE_RATE (the resampled rate), from the clip's start.
+        first = np.arange(len(segs)) * per_segment
+        last = np.minimum(first + per_segment, len(code)) - 1
+        times = np.stack([first * HOP, last * HOP + N_FFT], 1) / SAMPLE_RATE
+        return Features(pooled=code.mean(0).numpy(), sequence=segs.numpy(), times=times.astype(np.float64))
 
     def state_dict(self):
         return {"sizes": self.sizes, "enc": {k: v.cpu() for k, v in self.enc.state_dict().items()},

@@ -7,7 +7,6 @@ One family per file next to this one; `extractors/__init__.py` maps YAML `family
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import socket
@@ -18,6 +17,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from pipeline.weights import sha256_file  # noqa: F401  (the one file hasher; extractors import it from here)
+
 
 @dataclass
 class Features:
@@ -27,6 +28,20 @@ class Features:
     sequence: np.ndarray | None = None  # (T, D) float32: per frame / audio example / token / segment
     times: np.ndarray | None = None     # (T, 2) float64 start/end seconds of each sequence row
     segments: list | None = None        # [(start_s, end_s, text), ...] text made by the extractor (ASR)
+    info: dict | None = None            # per-video facts the extractor found, e.g. ASR {"language": "en"}
+
+
+def frame_spans(frame_times, duration: float | None = None) -> np.ndarray:
+    """(T, 2) start/end seconds of sampled frames (the one timeline, `Features.times`): each frame
+    stands for its time +- half the step between sampled frames (duration / T for a single
+    frame), clipped to [0, duration], so uniformly sampled frames tile the clip."""
+    t = np.asarray(frame_times, np.float64)
+    if len(t) == 0:
+        return np.zeros((0, 2))
+    step = float(np.median(np.diff(t))) if len(t) > 1 else float(duration or 0.0)
+    spans = np.stack([t - step / 2, t + step / 2], 1)
+    upper = float(duration) if duration else spans[-1, 1]
+    return np.clip(spans, 0.0, max(upper, float(t[-1])))
 
 
 class WeightsNotFound(FileNotFoundError):
@@ -53,6 +68,14 @@ class Extractor:
     # -- the interface -------------------------------------------------------------------------
     def extract(self, clips: list) -> list[Features | None]:
         raise NotImplementedError
+
+    @classmethod
+    def weights_spec(cls, cfg) -> list:
+        """The pretrained files this family needs under `cfg` (= cfg.extractors.<name>), as
+        [pipeline.weights.WeightFile], without loading anything: `run_pipeline.py weights
+        list|fetch|verify` reads it. Build entries with pipeline.weights.torchvision_weights /
+        torch_file(url) / hf_repo(id, revision) / local_file(path). Default: none."""
+        return []
 
     def views(self) -> dict:
         """The frames this extractor needs beyond `clip.frames`: {name: pipeline.decode.View}.
@@ -160,12 +183,6 @@ def one_thread(device: torch.device):
 HASH_RE = re.compile(r"-([a-f0-9]{8,64})\.")
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _offline() -> bool:
@@ -190,7 +207,10 @@ def hub_checkpoint(url: str, timeout_s: float = 10.0) -> Path:
             old = socket.getdefaulttimeout()
             socket.setdefaulttimeout(timeout_s)
             try:
-                torch.hub.download_url_to_file(url, str(path), hash_prefix=None, progress=False)
+                from pipeline.weights import download  # rich progress bar, sha256, atomic write
+
+                m = HASH_RE.search(name)
+                download(url, path, sha256=m.group(1) if m else None, timeout_s=timeout_s)
                 reason = ""
             except Exception as e:  # no network, DNS failure, HTTP error: all mean "not here"
                 reason = f"download failed: {type(e).__name__}: {e}"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchvision
 
-from .base import Extractor, Features, autocast, hub_checkpoint, resolve_precision, sha256_file
+from .base import Extractor, Features, autocast, frame_spans, hub_checkpoint, resolve_precision, sha256_file
 
 
 def build_resnet(depth: int, weights: str, seed: int = 0):
@@ -71,6 +71,12 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 class ResNetExtractor(Extractor):
     family = "resnet"
 
+    @classmethod
+    def weights_spec(cls, cfg):
+        from pipeline.weights import torchvision_weights
+
+        return torchvision_weights(f"resnet{int(cfg.get('depth', 50))}", cfg.get("weights", "IMAGENET1K_V2"))
+
     def __init__(self, cfg, device="cpu"):
         super().__init__(cfg, device)
         self.depth = int(self.cfg.get("depth", 50))
@@ -110,7 +116,8 @@ class ResNetExtractor(Extractor):
         for i in idx:
             n = len(clips[i].frames)
             seq = np.ascontiguousarray(feats[start:start + n], dtype=np.float32)
-            results[i] = Features(pooled=seq.mean(0), sequence=seq)
+            results[i] = Features(pooled=seq.mean(0), sequence=seq,
+                                  times=frame_spans(clips[i].frame_times, clips[i].duration))
             start += n
         return results
 

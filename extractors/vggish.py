@@ -6,9 +6,14 @@ on the GPU too:
   16 kHz mono; frames of 25 ms (400 samples) every 10 ms (160), periodic Hann window,
   |rfft| with n_fft = 512 (magnitude, not power); 64 triangular mel bands 125-7500 Hz built
   on the HTK mel scale  mel(f) = 1127 ln(1 + f / 700)  with the DC bin zeroed;
-  log(mel + 0.01); non-overlapping examples of 96 frames x 64 bands (0.96 s).
+  log(mel + 0.01); examples of 96 frames x 64 bands (0.96 s), one every `hop_s` seconds
+  (0.96 = non-overlapping, the original; 0.32 = the overlapping hop that temporal-localisation
+  work uses: 3 examples per 0.96 s).
 Audio shorter than one example (0.975 s) is zero-padded to one example, so every clip with an
-audio track gives at least one embedding (the original would give none).
+audio track gives at least one embedding (the original would give none). Each example's
+start/end seconds go to `Features.times` (the end is clipped to the audio's length).
+`silence_dbfs: -70` makes a track of digital silence a missing modality, as the newer audio
+families do; the default (null) embeds it, as the original and earlier runs did.
 
 The network mirrors the published PyTorch port (harritaylor/torchvggish): parameter names
 features.{0,3,6,8,11,13}.* and embeddings.{0,2,4}.*, so `vggish-10086976.pth` loads with
@@ -26,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from .base import Extractor, Features, autocast, hub_checkpoint, resolve_precision, sha256_file
+from .mfcc import rms_dbfs
 
 VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
 PCA_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish_pca_params-970ea276.pth"
@@ -55,10 +61,12 @@ def mel_matrix(num_mels=NUM_MELS, num_bins=N_FFT // 2 + 1, sample_rate=SAMPLE_RA
 
 
 class LogMel(nn.Module):
-    """waveform (S,) float at 16 kHz -> log-mel examples (N, 96, 64)."""
+    """waveform (S,) float at 16 kHz -> log-mel examples (N, 96, 64), one every `hop_frames`
+    10-ms frames."""
 
-    def __init__(self):
+    def __init__(self, hop_frames: int = EXAMPLE_FRAMES):
         super().__init__()
+        self.hop_frames = int(hop_frames)
         n = torch.arange(WINDOW, dtype=torch.float64)
         self.register_buffer("window", (0.5 - 0.5 * torch.cos(2 * math.pi * n / WINDOW)).float(), persistent=False)
         self.register_buffer("mel", mel_matrix(), persistent=False)
@@ -69,8 +77,16 @@ class LogMel(nn.Module):
         frames = wave.unfold(-1, WINDOW, HOP) * self.window          # (F, 400)
         spec = torch.fft.rfft(frames, n=N_FFT).abs()                 # (F, 257) magnitude
         logmel = torch.log(spec @ self.mel + LOG_OFFSET)             # (F, 64)
-        n = logmel.shape[0] // EXAMPLE_FRAMES
-        return logmel[: n * EXAMPLE_FRAMES].reshape(n, EXAMPLE_FRAMES, NUM_MELS)
+        # (N, 64, 96) windows of 96 frames every hop_frames -> (N, 96, 64); hop 96 = the original
+        return logmel.unfold(0, EXAMPLE_FRAMES, self.hop_frames).transpose(1, 2)
+
+    def times(self, num_samples: int) -> np.ndarray:
+        """(N, 2) start/end seconds of the examples `forward` makes from `num_samples` samples."""
+        frames = (max(num_samples, MIN_SAMPLES) - WINDOW) // HOP + 1
+        n = (frames - EXAMPLE_FRAMES) // self.hop_frames + 1
+        start = np.arange(n) * self.hop_frames * HOP / SAMPLE_RATE
+        end = np.minimum(start + MIN_SAMPLES / SAMPLE_RATE, num_samples / SAMPLE_RATE)
+        return np.stack([start, end], 1).astype(np.float64)
 
 
 class VGGish(nn.Module):
@@ -117,6 +133,16 @@ def _weights_path(spec: str, url: str) -> Path:
 
 class VGGishExtractor(Extractor):
     family = "vggish"
+
+    @classmethod
+    def weights_spec(cls, cfg):
+        from pipeline.weights import local_file, torch_file
+
+        pairs = [(cfg.get("weights", "published"), VGGISH_URL)]
+        if cfg.get("postprocess", False):
+            pairs.append((cfg.get("pca_weights", "published"), PCA_URL))
+        return [torch_file(url) if str(spec) in ("published", Path(url).name) else local_file(spec)
+                for spec, url in pairs if str(spec) != "random"]
     dim = 128
 
     def __init__(self, cfg, device="cpu"):
@@ -125,7 +151,13 @@ class VGGishExtractor(Extractor):
         self.use_pca = bool(self.cfg.get("postprocess", False))
         self.batch_examples = int(self.cfg.get("batch_examples", 128))
         self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
-        self.frontend = LogMel().to(self.device)
+        self.hop_s = float(self.cfg.get("hop_s", 0.96))
+        silence = self.cfg.get("silence_dbfs")  # None: embed every track, silent ones too (the original)
+        self.silence_dbfs = None if silence is None else float(silence)
+        hop_frames = round(self.hop_s * SAMPLE_RATE / HOP)
+        if hop_frames < 1 or abs(hop_frames * HOP / SAMPLE_RATE - self.hop_s) > 1e-6:
+            raise ValueError(f"vggish hop_s must be a positive multiple of 0.01 s, got {self.hop_s}")
+        self.frontend = LogMel(hop_frames).to(self.device)
         with torch.random.fork_rng():  # `weights: random` must be the same network on every run
             torch.manual_seed(self.seed)
             self.model = VGGish().eval()
@@ -144,19 +176,23 @@ class VGGishExtractor(Extractor):
             self.pca_means = torch.as_tensor(np.asarray(pca["pca_means"]), dtype=torch.float32).to(self.device)
             self.pca_sha256 = sha256_file(path)
 
-    def examples(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+    def _silent(self, audio: np.ndarray) -> bool:
+        return self.silence_dbfs is not None and rms_dbfs(audio) < self.silence_dbfs
+
+    def examples(self, audio: np.ndarray, sample_rate: int) -> tuple[torch.Tensor, np.ndarray]:
+        """(log-mel examples (N, 96, 64), their (N, 2) start/end seconds)."""
         wave = torch.as_tensor(audio, dtype=torch.float32, device=self.device)
         if sample_rate != SAMPLE_RATE:
             import torchaudio
 
             wave = torchaudio.functional.resample(wave, sample_rate, SAMPLE_RATE)
-        return self.frontend(wave)
+        return self.frontend(wave), self.frontend.times(wave.shape[-1])
 
     @torch.inference_mode()
     def extract(self, clips):
-        per_clip = [None if c.audio is None or len(c.audio) == 0 else self.examples(c.audio, c.sample_rate)
-                    for c in clips]
-        present = [x for x in per_clip if x is not None]
+        per_clip = [None if c.audio is None or len(c.audio) == 0 or self._silent(c.audio)
+                    else self.examples(c.audio, c.sample_rate) for c in clips]
+        present = [x[0] for x in per_clip if x is not None]
         if not present:
             return [None] * len(clips)
         # All examples of the batch of clips go through the network together.
@@ -175,9 +211,10 @@ class VGGishExtractor(Extractor):
             if x is None:
                 out.append(None)
                 continue
-            seq = emb[start:start + len(x)]
-            start += len(x)
-            out.append(Features(pooled=seq.mean(0), sequence=np.ascontiguousarray(seq)))
+            examples, times = x
+            seq = emb[start:start + len(examples)]
+            start += len(examples)
+            out.append(Features(pooled=seq.mean(0), sequence=np.ascontiguousarray(seq), times=times))
         return out
 
     def metadata(self):
@@ -187,4 +224,5 @@ class VGGishExtractor(Extractor):
                 "pca_sha256": self.pca_sha256, "precision": self.precision,
                 "frontend": {"sample_rate": SAMPLE_RATE, "window": WINDOW, "hop": HOP, "n_fft": N_FFT,
                              "mels": NUM_MELS, "fmin": FMIN, "fmax": FMAX, "log_offset": LOG_OFFSET,
-                             "example_frames": EXAMPLE_FRAMES}}
+                             "example_frames": EXAMPLE_FRAMES, "hop_s": self.hop_s},
+                "silence_dbfs": self.silence_dbfs}

@@ -3,13 +3,19 @@
     model = build_model(name, cfg.models[name], dims={"pooled": {m: D}, "sequence": {m: D}},
                         num_classes=C, multilabel=bool, extra={...})
 
-and called on a collated batch (pipeline.store.collate_batch):
+and called on a collated batch (pipeline.dataset.collate_batch):
 
     out = model(batch)   # {"logits": [B, C], "aux_loss": scalar, "losses": {name: scalar}}
 
 `MODELS` is a plain dict from the name used on the command line (and the YAML file stem in
 configs/models/) to the class. The sequence models live in their own files and are imported
 lazily so that one file failing to import does not take the others down with it.
+
+Variants: a model's YAML says `variant: paper` (the default: what its paper describes) or a
+named adaptation such as `variant: tuned` (docs/models-nmcl.md). A variant that only swaps a few
+layers is read by the class itself (the fusion baselines); one with its own forward is its own
+class, listed in `VARIANTS` (model -> {variant: class}); `model_class(name, variant)` picks it.
+Shared heads (label prior, attention networks) live in models/heads.py.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from torch import nn
 
 from .fusion import EarlyAtt, EarlyFusion, LateAtt, LateFusion
 from .marnet import MARNet
-from .nmcl import NMCL
+from .nmcl import NMCL, NMCLTuned
 
 MODELS: dict[str, type | str] = {
     "early_fusion": EarlyFusion,
@@ -31,14 +37,23 @@ MODELS: dict[str, type | str] = {
     # "module:Class", imported on first use
     "videotag": "models.videotag:AttentionLSTMTagger",
     "netvlad": "models.netvlad:NetVLADFusion",
-    "mart": "models.mart:MaskedTemporalModel",
+    "mart": "models.mart:MART",
+    "sun": "models.sun:SunNet",
 }
 
 
-def model_class(name: str) -> type:
+# Variants with a class of their own (the default, `paper`, is the class in MODELS).
+VARIANTS: dict[str, dict[str, type | str]] = {
+    "nmcl": {"tuned": NMCLTuned},
+    "marnet": {"tuned": "models.marnet_tuned:MARNetTuned"},
+    "mart": {"masking-only": "models.mart_masking:MaskedTemporalModel"},
+}
+
+
+def model_class(name: str, variant: str | None = None) -> type:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    cls = MODELS[name]
+    cls = VARIANTS.get(name, {}).get(variant, MODELS[name]) if variant else MODELS[name]
     if isinstance(cls, str):
         module, attr = cls.split(":")
         cls = getattr(importlib.import_module(module), attr)
@@ -61,4 +76,5 @@ def build_model(name: str, cfg, dims: dict, num_classes: int, multilabel: bool, 
     dims = {"pooled": dict(dims.get("pooled", {})), "sequence": dict(dims.get("sequence", {}))}
     if len(set(dims["pooled"]) | set(dims["sequence"])) < 1:
         raise ValueError("no input modality: dims has neither pooled nor sequence features")
-    return model_class(name)(cfg or {}, dims, int(num_classes), bool(multilabel), dict(extra or {}))
+    variant = (cfg or {}).get("variant")
+    return model_class(name, variant)(cfg or {}, dims, int(num_classes), bool(multilabel), dict(extra or {}))

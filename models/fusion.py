@@ -1,39 +1,55 @@
-"""The four fusion baselines of NMCL §5.1.2 (Wei et al., TIP 2020):
+"""The four fusion baselines of NMCL §5.1.2 (Wei et al., TIP 2020), each with the paper's
+depths as `variant: paper` (the default) and the project's earlier adaptation as `variant: tuned`:
 
-* Early Fusion  - concatenate the modalities' vectors (NMCL Eq. 1, x = [x_v; x_a; x_t]) and
-                  classify with an MLP.
-* Late Fusion   - one MLP classifier per modality; the predictions are averaged.
-* Early+Att     - the concatenated vector goes through NMCL's category attention network
-                  (Eq. 15-16, `models.nmcl.CategoryAttention`).
-* Late+Att      - one category attention network per modality, predictions averaged.
+* Early Fusion - concatenate the modalities' vectors (NMCL Eq. 1, x = [x_v; x_a; x_t]) and
+                 classify. paper: three fully connected layers (two hidden of `hidden` units with
+                 ReLU, then the output layer). tuned: `tuned.layers` blocks of Linear -> LayerNorm
+                 -> ReLU -> Dropout, optional context gating, linear or mixture-of-experts head.
+* Late Fusion  - one classifier per modality, logits averaged. paper: 1 / 2 / 3 hidden layers
+                 for text / audio / visual (`paper.layers`, by modality name), plain ReLU layers.
+                 tuned: `tuned.layers` LayerNorm blocks per modality.
+* Early+Att    - the concatenated vector through an attention network. paper: NMCL's static
+                 memory attention psi_k = omega_k * x (Eq. 15) followed by a 3-layer network
+                 theta = phi(W2 phi(W1 psi_k)), y_k = z_k^T theta (models/heads.py MemoryAttention,
+                 layers=2). tuned: the input-dependent CategoryAttention.
+* Late+Att     - one attention network per modality, logits averaged. paper: NMCL's attention
+                 network (Eq. 15-17) per modality. tuned: CategoryAttention per modality.
 
 Absent modalities enter early fusion as zeros (they cannot change the output: their values are
-never read); late fusion averages only the modalities that are present. Late fusion averages
-logits, so (like any late fusion) it cannot express label rules that need an interaction
-between modalities (an XOR across modalities), only rules where each modality adds evidence.
+never read); late fusion averages only the modalities that are present. Late fusion cannot
+express label rules that need an interaction between modalities (an XOR across modalities),
+only rules where each modality adds evidence.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .common import ContextGating, MixtureOfExperts, masked_mean, mlp, pooled_dims, pooled_view, zero
-from .nmcl import CategoryAttention, label_prior
+from .common import (ContextGating, MixtureOfExperts, masked_mean, mlp, pick_variant, pooled_dims, pooled_view,
+                     variant_cfg, zero)
+from .heads import CategoryAttention, MemoryAttention, label_prior
 
 
 class _Fusion(nn.Module):
-    """Shared plumbing: read the pooled views, run `self.classify`, return the model dict."""
+    """Shared plumbing: the variant and its settings, the pooled views, the late combination."""
 
-    def __init__(self, dims: dict):
+    def __init__(self, cfg, dims: dict, model: str):
         super().__init__()
+        self.variant = pick_variant(cfg, model)
+        self.cfg = variant_cfg(cfg, self.variant)
         self.in_dims = pooled_dims(dims)
         self.names = list(self.in_dims)
 
     def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         return {m: pooled_view(batch, m) for m in self.names}
 
-    def present(self, batch: dict) -> torch.Tensor:
-        return torch.stack([batch["present"][m] for m in self.names], 1)  # [B, M]
+    def combine(self, per_modality: torch.Tensor, batch: dict) -> torch.Tensor:
+        """[B, M, C] per-modality logits -> [B, C], the mean over the present modalities. The
+        paper does not say how its late baselines combine; the mean logit (a product of experts)
+        can express a label that is the conjunction of what each modality decides, which the
+        mean probability learns much more slowly (tests/test_models.py's two-bit task)."""
+        present = torch.stack([batch["present"][m] for m in self.names], 1)  # [B, M]
+        return masked_mean(per_modality, present)
 
     @staticmethod
     def output(logits: torch.Tensor) -> dict:
@@ -42,16 +58,21 @@ class _Fusion(nn.Module):
 
 class EarlyFusion(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
-        super().__init__(dims)
-        hidden, head = int(cfg.get("hidden", 512)), str(cfg.get("head", "linear"))
-        body = mlp(sum(self.in_dims.values()), hidden, None, float(cfg.get("dropout", 0.0)), int(cfg.get("layers", 1)))
-        gating = [ContextGating(hidden)] if cfg.get("context_gating", False) else []
+        super().__init__(cfg, dims, "early_fusion")
+        c = self.cfg
+        hidden, dropout, width = int(c.get("hidden", 1024)), float(c.get("dropout", 0.0)), sum(self.in_dims.values())
+        if self.variant == "paper":   # three fully connected layers
+            self.net = mlp(width, hidden, num_classes, dropout, layers=2, norm=False)
+            return
+        head = str(c.get("head", "linear"))
+        body = mlp(width, hidden, None, dropout, int(c.get("layers", 1)))
+        gating = [ContextGating(hidden)] if c.get("context_gating", False) else []
         if head == "linear":
             classifier = nn.Linear(hidden, num_classes)
         elif head == "moe":
-            classifier = MixtureOfExperts(hidden, num_classes, int(cfg.get("experts", 2)))
+            classifier = MixtureOfExperts(hidden, num_classes, int(c.get("experts", 2)))
         else:
-            raise ValueError(f"models.early_fusion.head must be linear or moe, got {head!r}")
+            raise ValueError(f"models.early_fusion.tuned.head must be linear or moe, got {head!r}")
         self.net = nn.Sequential(*body, *gating, classifier)
 
     def forward(self, batch):
@@ -59,23 +80,42 @@ class EarlyFusion(_Fusion):
         return self.output(self.net(torch.cat([x[m] for m in self.names], -1)))
 
 
+def paper_depth(layers, modality: str) -> int:
+    """Hidden layers of a Late Fusion branch: `layers` is a number or {modality: n} with an
+    optional `default` (the paper: text 1, audio 2, visual 3)."""
+    if not hasattr(layers, "get"):
+        return int(layers)
+    return int(layers.get(modality, layers.get("default", 1)))
+
+
 class LateFusion(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
-        super().__init__(dims)
-        hidden, dropout, layers = int(cfg.get("hidden", 512)), float(cfg.get("dropout", 0.0)), int(cfg.get("layers", 1))
-        self.nets = nn.ModuleDict({m: mlp(d, hidden, num_classes, dropout, layers) for m, d in self.in_dims.items()})
+        super().__init__(cfg, dims, "late_fusion")
+        c = self.cfg
+        hidden, dropout, paper = int(c.get("hidden", 512)), float(c.get("dropout", 0.0)), self.variant == "paper"
+        self.nets = nn.ModuleDict({m: mlp(d, hidden, num_classes, dropout, paper_depth(c.get("layers", 1), m), norm=not paper)
+                                   for m, d in self.in_dims.items()})
 
     def forward(self, batch):
         x = self.inputs(batch)
         per_modality = torch.stack([self.nets[m](x[m]) for m in self.names], 1)  # [B, M, C]
-        return self.output(masked_mean(per_modality, self.present(batch)))
+        return self.output(self.combine(per_modality, batch))
+
+
+def _attention(c: dict, variant: str, in_dim: int, num_classes: int, layers: int, prior) -> nn.Module:
+    dropout = float(c.get("dropout", 0.0))
+    if variant == "paper":
+        return MemoryAttention(in_dim, num_classes, int(c.get("theta_dim", 64)), layers,
+                               str(c.get("activation", "tanh")), dropout, prior)
+    return CategoryAttention(in_dim, num_classes, int(c.get("attn_dim", 128)), dropout, prior)
 
 
 class EarlyAtt(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
-        super().__init__(dims)
-        self.net = CategoryAttention(sum(self.in_dims.values()), num_classes, int(cfg.get("attn_dim", 128)),
-                                     float(cfg.get("dropout", 0.0)), label_prior(extra, multilabel))
+        super().__init__(cfg, dims, "early_att")
+        # paper: the attention (psi_k = omega_k * x), then a 3-layer network (W1, W2, z)
+        self.net = _attention(self.cfg, self.variant, sum(self.in_dims.values()), num_classes, 2,
+                              label_prior(extra, multilabel))
 
     def forward(self, batch):
         x = self.inputs(batch)
@@ -84,13 +124,12 @@ class EarlyAtt(_Fusion):
 
 class LateAtt(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
-        super().__init__(dims)
-        attn_dim, dropout = int(cfg.get("attn_dim", 128)), float(cfg.get("dropout", 0.0))
+        super().__init__(cfg, dims, "late_att")
         prior = label_prior(extra, multilabel)
-        self.nets = nn.ModuleDict({m: CategoryAttention(d, num_classes, attn_dim, dropout, prior)
+        self.nets = nn.ModuleDict({m: _attention(self.cfg, self.variant, d, num_classes, 1, prior)
                                    for m, d in self.in_dims.items()})
 
     def forward(self, batch):
         x = self.inputs(batch)
         per_modality = torch.stack([self.nets[m](x[m]) for m in self.names], 1)
-        return self.output(masked_mean(per_modality, self.present(batch)))
+        return self.output(self.combine(per_modality, batch))

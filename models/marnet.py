@@ -1,42 +1,53 @@
 """MARNet: multimodal attentive representation network for micro-video multi-label
-classification (Jing et al., ACM TOMM 2024), adapted to any modalities and label vocabulary.
+classification (Jing, Liu, Zhang, Li, Liu, Su, ACM TOMM 20(6) 182, 2024).
 
-The pieces, in the order of the forward pass:
+`variant: paper` (the default, this file) follows the method of the authors' published code
+(github.com/liuxianyi/MARNet; read, not copied), step by step. `variant: tuned` is the
+adaptation in models/marnet_tuned.py. docs/models-marnet.md lists every step and where it lives.
 
-1. Visual-centred groupings. The visual modality (`visual_modality`, `auto` = the first of
-   visual / rgb / video that exists, else the first modality) is the centre; every other
-   modality o forms a group (visual + o), and when there are two or more others one more group
-   holds them all (visual + audio + trajectory in the paper's three-modality setting).
-2. Complementary study: inside a group each non-visual member keeps what visual does not already
-   say, c_o = h_o * (1 - sigmoid(W_c [h_v; h_o])), a per-sample gate. (The public code instead
-   mixes samples across the batch here, so a video's prediction depends on its batch mates;
-   this version never looks at another sample.)
-3. Group MLPs give one vector per group; a CMD consistency loss (central moment discrepancy,
-   first 3 moments, Zellinger et al. 2017) pulls the distributions of the visual vector and the
-   group vectors together (every pair, so it also works with only two modalities). CMD is a
-   batch-level *training loss* only: it never enters a prediction.
-4. Autoencoder: the concatenated group vectors are encoded to a common representation z (plus a
-   residual projection of the visual vector) and decoded back; reconstruction loss (MSE).
-5. Attentive label GNN: class-name embeddings (the text extractor's MiniLM, or a fixed random
-   matrix when `label_embeddings: random`) pass through graph-attention layers over the label
-   co-occurrence graph built from the *training* labels (edge i->j when P(j | i) >= `adj_threshold`,
-   as in ML-GCN, plus self loops).
-6. Cross-modal multi-head attention: every label node queries the sample's tokens (z and the
-   group vectors); the attended value is scored against the label node, giving label-aware
-   logits, plus the ML-GCN style score z . W L_k.
+1. Cross-correlation complementary study (`complementary_study`). For the visual vector v [B, Dv]
+   and another modality o [B, Do] of the batch, R = vᵀ o is their [Dv, Do] cross-correlation
+   (summed over the batch, as published); Rc = softmax over o's dims of every row, and
+   õ = o Rcᵀ maps o into the visual space (õ_b,i = Σ_j Rc_ij o_b,j).
+   R is a batch statistic, so it is treated like BatchNorm's: training uses the batch's R and
+   updates a running estimate (mean per sample and batch size, momentum `corr_momentum`);
+   evaluation uses the running R, so a prediction never depends on the other videos.
+2. Visual-centred groups: (v, o) for every other modality o and, with two or more others,
+   (v, [o_1; o_2; ...]) (visual + audio + trajectory in the paper); group g's vector
+   h_g = tanh(BN(W2 tanh(BN(W1 [v; õ_g])))) (`fusion_style: concat`; `sum`: v + õ_g).
+3. CMD (Zellinger et al. 2017) over the groups: mean over pairs (g, g') of
+   ||E h_g − E h_g'||₂ + Σ_{k=2..K} ||c_k(h_g) − c_k(h_g')||₂ (the visual vector is not in it).
+4. Autoencoder: H = sigmoid(W_e [h_1; ...; h_G]) (Dv wide), x̂ = ReLU(W_d2 tanh(W_d1 H));
+   reconstruction loss MSE(x̂, [h_1; ...; h_G]). The sample's representation is v' = H + v.
+5. Attentive label GNN (`AttentiveGNN`): from the label vectors L⁰ [C, Dl] (file, text encoder or
+   random) and the adjacency A [C, C] (file or training co-occurrence), every layer l recomputes
+   the correlation matrix from the current label representations,
+       X = Lˡ Lˡᵀ,  N = (X − min X) / (max X − min X)   (`invert_similarity: true`: the published
+       code's swapped names, (max X − X) / (max X − min X); docs/models-marnet.md),
+       S = A ⊙ (√N / tr √N), rows normalised to sum 1 (empty rows left 0),
+   then Lˡ⁺¹ = S ReLU(Lˡ Wˡ + bˡ). Two layers (Dl -> `gnn_hidden` -> Dv). S carries no gradient
+   (the published code computes it in numpy). `label_graph()` returns S¹, S² and L¹, L².
+6. Cosine label scoring and cross-modal attention (`label_scores`): β_c = cos(v', L²_c) [C];
+   with Wq [d, Dv], Wk [d, C], Wv [d, Dv], wo [1, d] (d = `heads` x C as published, or
+   `attention_dim`): head = (Wq v')(Wk β)ᵀ (Wv L²ᵀ) [d, C], y = wo head. (y = (wo·Wq v')
+   ((Wk β)ᵀ Wv L²ᵀ) is computed in that factored order: the d x d product never materialises.)
 
-Loss = BCE (cross-entropy when the dataset is multi-class) + rec_weight * reconstruction +
-cmd_weight * CMD. The number of labels is whatever the dataset has (the public code fixes 63).
+Loss (published): λ1 BCE + λ2 reconstruction + λ3 CMD. The trainer adds the task loss once, so
+aux_loss = (λ2 rec + λ3 CMD) / λ1: the same total divided by λ1, which Adam (scale invariant)
+and SGD with lr / λ1 optimise identically.
 """
 from __future__ import annotations
 
 import itertools
+import math
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import masked_mean, mlp, modality_names, pooled_dims, pooled_view
+from .common import modality_names, pooled_dims, pooled_view
 from .nmcl import label_prior
 
 VISUAL_NAMES = ("visual", "rgb", "video")
@@ -50,22 +61,31 @@ def pick_visual(names: list[str], wanted: str = "auto") -> str:
     return next((n for n in VISUAL_NAMES if n in names), names[0])
 
 
-def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 3) -> torch.Tensor:
+def visual_groups(dims: dict, wanted: str = "auto") -> tuple[str, list[str], list[list[str]]]:
+    """(visual modality, [visual, others...], groups): the visual-centred groupings, (v, o) for
+    every other modality o and, with two or more others, (v, all others)."""
+    names = modality_names(dims)
+    if len(names) < 2:
+        raise ValueError(f"MARNet needs a visual modality and at least one other, got {names}")
+    visual = pick_visual(names, wanted)
+    others = [m for m in names if m != visual]
+    return visual, [visual] + others, [[o] for o in others] + ([others] if len(others) > 1 else [])
+
+
+def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 3, norm: str = "rms") -> torch.Tensor:
     """Central moment discrepancy between two samples [N, H] and [N', H] (Zellinger et al.,
-    ICLR 2017, Eq. 3): ||E x - E y|| + sum_k ||c_k(x) - c_k(y)||, with root-mean-square norms in
-    place of the paper's bound normalisation so the scale does not grow with the width H."""
+    ICLR 2017, Eq. 3 without its bound normalisation): ||E x - E y|| + sum_k ||c_k(x) - c_k(y)||.
+    norm "l2" is the Euclidean norm (the published MARNet code's `mmatch`); "rms" divides by
+    sqrt(H), so the scale does not grow with the width (the tuned variant)."""
     if len(x) == 0 or len(y) == 0:
         return x.new_zeros(())
+    size = (lambda d: d.pow(2).sum().add(1e-12).sqrt()) if norm == "l2" else (lambda d: d.pow(2).mean().add(1e-12).sqrt())
     mx, my = x.mean(0), y.mean(0)
-    total = _rms(mx - my)
+    total = size(mx - my)
     cx, cy = x - mx, y - my
     for k in range(2, moments + 1):
-        total = total + _rms(cx.pow(k).mean(0) - cy.pow(k).mean(0))
+        total = total + size(cx.pow(k).mean(0) - cy.pow(k).mean(0))
     return total
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return x.pow(2).mean().add(1e-12).sqrt()
 
 
 def cooccurrence_adjacency(counts: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -77,148 +97,227 @@ def cooccurrence_adjacency(counts: torch.Tensor, threshold: float) -> torch.Tens
     return adj
 
 
-class GraphAttention(nn.Module):
-    """One graph-attention layer (Velickovic et al. 2018) with a residual: node i aggregates
-    its neighbours j (edges i -> j) with weights softmax_j(leaky_relu(a_dst . W l_i + a_src . W l_j)).
-    Computed over the edge list, so the cost follows the number of edges, not classes^2."""
+def load_matrix(path: str | Path, key: str | None = None) -> torch.Tensor:
+    """A 2-D float matrix from .npy, .pt / .pth (a tensor) or .mat (MATLAB, the published code's
+    format; `key` names the variable, default: the only one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MARNet label file {path} does not exist")
+    if path.suffix == ".npy":
+        x = np.load(path)
+    elif path.suffix in (".pt", ".pth"):
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    elif path.suffix == ".mat":
+        from scipy.io import loadmat
 
-    def __init__(self, dim: int):
+        mat = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+        if key is None and len(mat) != 1:
+            raise ValueError(f"{path} holds {sorted(mat)}: name one with the *_key option")
+        x = mat[key] if key else next(iter(mat.values()))
+    else:
+        raise ValueError(f"{path}: label files must be .npy, .pt or .mat")
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    if x.dim() == 3:   # the published label file repeats the [C, D] matrix per sample
+        x = x.mean(0)
+    return x
+
+
+def label_graph_inputs(cfg, extra: dict, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label vectors [C, Dl], adjacency [C, C]). Label vectors: `label_embeddings: text` (the
+    trainer embeds the class names with extractors.text.embed_texts into extra), `random` (fixed,
+    seeded) or `file` (`label_file`, e.g. the published 300-d label vectorisation). Adjacency:
+    `adjacency: cooccurrence` (ML-GCN: P(j | i) >= `adj_threshold` on the training labels, plus
+    self loops) or `file` (`adjacency_file`)."""
+    source = cfg.get("label_embeddings", "text")
+    if source == "file":
+        emb = load_matrix(cfg.get("label_file"), cfg.get("label_file_key"))
+    elif extra.get("label_embeddings") is not None:
+        emb = torch.as_tensor(extra["label_embeddings"], dtype=torch.float32)
+    elif source == "random":  # recorded in the run's config; no text model needed
+        emb = torch.randn(num_classes, int(cfg.get("label_dim", 64)),
+                          generator=torch.Generator().manual_seed(int(cfg.get("label_seed", 0))))
+    else:
+        raise ValueError("MARNet needs extra['label_embeddings'] (class names embedded with "
+                         "extractors.text.embed_texts); set label_embeddings: random or file to train without them")
+    if emb.shape[0] != num_classes:
+        raise ValueError(f"{emb.shape[0]} label vectors for {num_classes} classes")
+    if cfg.get("adjacency", "cooccurrence") == "file":
+        adj = load_matrix(cfg.get("adjacency_file"), cfg.get("adjacency_file_key"))
+    else:
+        counts = extra.get("label_cooccurrence")
+        if counts is None:
+            raise ValueError("MARNet needs extra['label_cooccurrence'] ([C, C] counts from the training labels)")
+        adj = cooccurrence_adjacency(torch.as_tensor(counts, dtype=torch.float32), float(cfg.get("adj_threshold", 0.4)))
+    if adj.shape != (num_classes, num_classes):
+        raise ValueError(f"label adjacency has shape {tuple(adj.shape)}, expected ({num_classes}, {num_classes})")
+    return emb, adj
+
+
+# -- step 1: cross-correlation complementary study ---------------------------------------------
+def complementary_study(v: torch.Tensor, o: torch.Tensor, corr: torch.Tensor | None = None):
+    """(õ [B, Dv], R [Dv, Do]): R = vᵀ o over the batch unless `corr` is given, Rc = softmax
+    over o's dims, õ = o Rcᵀ: the other modality mapped into the visual space."""
+    R = v.T @ o if corr is None else corr
+    return o @ torch.softmax(R, dim=1).T, R
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d (the published group MLPs use it) that falls back to the running statistics
+    for a one-sample training batch instead of failing (the last batch of an epoch can be 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def group_mlp(in_dim: int, mid: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, mid), BatchNorm(mid), nn.Tanh(), nn.Linear(mid, out), BatchNorm(out), nn.Tanh())
+
+
+# -- step 5: attentive label GNN ---------------------------------------------------------------
+def correlation_matrix(labels: torch.Tensor, adj: torch.Tensor, invert: bool = False) -> torch.Tensor:
+    """S of step 5 from the current label representations [C, D] (no gradient)."""
+    with torch.no_grad():
+        x = labels @ labels.T
+        hi, lo = x.max(), x.min()
+        n = (hi - x) if invert else (x - lo)
+        n = (n / (hi - lo).clamp(min=1e-12)).sqrt()
+        s = adj * (n / n.trace().clamp(min=1e-12))
+        rows = s.sum(1, keepdim=True)
+        return s / torch.where(rows == 0, torch.ones_like(rows), rows)
+
+
+class AttentiveGNN(nn.Module):
+    """Layers L^{l+1} = S^l ReLU(L^l W^l + b^l), S^l recomputed from L^l (correlation_matrix)."""
+
+    def __init__(self, dims: list[int], invert: bool = False):
         super().__init__()
-        self.linear = nn.Linear(dim, dim, bias=False)
-        self.att_src = nn.Parameter(torch.randn(dim) * 0.1)
-        self.att_dst = nn.Parameter(torch.randn(dim) * 0.1)
-        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.invert = invert
+        for layer in self.layers:   # the published init: U(±1/sqrt(fan_in)), zero bias
+            nn.init.uniform_(layer.weight, -1 / math.sqrt(layer.in_features), 1 / math.sqrt(layer.in_features))
+            nn.init.zeros_(layer.bias)
 
-    def forward(self, nodes: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-        i, j = edges                                                            # [E] each
-        h = self.linear(nodes)                                                  # [C, H]
-        scores = F.leaky_relu((h @ self.att_dst)[i] + (h @ self.att_src)[j], 0.2)
-        top = torch.full((len(nodes),), float("-inf"), device=h.device).scatter_reduce(0, i, scores, "amax")
-        w = torch.exp(scores - top[i])               # softmax over each node's edges (self loops: never empty)
-        total = torch.zeros(len(nodes), device=h.device, dtype=w.dtype).index_add(0, i, w)
-        agg = torch.zeros_like(h).index_add(0, i, w[:, None] * h[j]) / total[:, None]
-        return self.norm(nodes + F.elu(agg))
+    def forward(self, labels: torch.Tensor, adj: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        reps, corrs = [], []
+        for layer in self.layers:
+            s = correlation_matrix(labels, adj, self.invert)
+            labels = s @ F.relu(layer(labels))
+            corrs.append(s)
+            reps.append(labels)
+        return reps, corrs
 
 
-class MARNet(nn.Module):
-    uses_label_graph = True   # the trainer passes label embeddings and co-occurrence counts in `extra`
+class MARNetPaper(nn.Module):
+    uses_label_graph = True   # the trainer passes label vectors and co-occurrence counts in `extra`
 
     def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
         super().__init__()
         extra = extra or {}
-        names = modality_names(dims)
-        if len(names) < 2:
-            raise ValueError(f"MARNet needs a visual modality and at least one other, got {names}")
-        self.visual = pick_visual(names, cfg.get("visual_modality", "auto"))
-        self.names = [self.visual] + [m for m in names if m != self.visual]
-        others = self.names[1:]
-        self.groups = [[o] for o in others] + ([others] if len(others) > 1 else [])
-        hidden, dropout = int(cfg.get("hidden", 256)), float(cfg.get("dropout", 0.0))
-        self.rec_weight, self.cmd_weight = float(cfg.get("rec_weight", 1.0)), float(cfg.get("cmd_weight", 0.1))
+        self.visual, self.names, self.groups = visual_groups(dims, cfg.get("visual_modality", "auto"))
+        d = pooled_dims(dims)
+        dv = d[self.visual]
+        self.fusion_style = cfg.get("fusion_style", "concat")
+        if self.fusion_style not in ("concat", "sum"):
+            raise ValueError(f"MARNet fusion_style must be concat or sum, got {self.fusion_style!r}")
+        gd = int(cfg.get("group_dim", 1024))
+        self.group_net = nn.ModuleList(group_mlp(dv * (2 if self.fusion_style == "concat" else 1), dv, gd)
+                                       for _ in self.groups)
+        # running cross-correlation per group (step 1): mean per sample, and the mean batch size
+        self.corr_momentum = float(cfg.get("corr_momentum", 0.1))
+        for g, members in enumerate(self.groups):
+            self.register_buffer(f"corr_{g}", torch.zeros(dv, sum(d[o] for o in members)))
+        self.register_buffer("corr_batch", torch.zeros(()))
+        width = gd * len(self.groups)
+        self.encoder = nn.Linear(width, dv)                                     # step 4
+        self.decoder = nn.Sequential(nn.Linear(dv, (dv + width) // 2), nn.Tanh(), nn.Linear((dv + width) // 2, width), nn.ReLU())
+        for layer in (self.encoder, self.decoder[0], self.decoder[2]):
+            nn.init.uniform_(layer.weight, -1 / math.sqrt(layer.in_features), 1 / math.sqrt(layer.in_features))
+            nn.init.zeros_(layer.bias)
+
+        label_vecs, adj = label_graph_inputs(cfg, extra, num_classes)
+        # Not in the state dict: rebuilt from `extra` / the files named in the config.
+        self.register_buffer("label_vectors", label_vecs, persistent=False)
+        self.register_buffer("adjacency", adj, persistent=False)
+        self.gnn = AttentiveGNN([label_vecs.shape[1], int(cfg.get("gnn_hidden", 1024)), dv],
+                                invert=bool(cfg.get("invert_similarity", False)))
+        att = int(cfg.get("attention_dim") or int(cfg.get("heads", 3)) * num_classes)
+        gain = nn.init.calculate_gain("relu")
+        self.wq = nn.Parameter(nn.init.xavier_uniform_(torch.empty(att, dv), gain=gain))
+        self.wk = nn.Parameter(nn.init.xavier_uniform_(torch.empty(att, num_classes), gain=gain))
+        self.wv = nn.Parameter(nn.init.xavier_uniform_(torch.empty(att, dv), gain=gain))
+        self.wo = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, att), gain=gain))
+        self.bias = None
+        if cfg.get("output_bias", False):   # not in the published code: an opt-in adaptation
+            prior = label_prior(extra, multilabel)
+            self.bias = nn.Parameter(prior.clone() if prior is not None else torch.zeros(num_classes))
+        lam1 = float(cfg.get("lam1", 1.0))
+        self.rec_weight, self.cmd_weight = float(cfg.get("lam2", 1.0)) / lam1, float(cfg.get("lam3", 0.01)) / lam1
         self.cmd_moments = int(cfg.get("cmd_moments", 3))
-        self.heads = int(cfg.get("heads", 4))
-        if hidden % self.heads:
-            raise ValueError(f"hidden={hidden} must be divisible by heads={self.heads}")
 
-        in_dims = pooled_dims(dims)
-        self.encode = nn.ModuleDict({m: mlp(d, hidden, None, dropout) for m, d in in_dims.items()})
-        self.complement = nn.ModuleDict({o: nn.Linear(2 * hidden, hidden) for o in others})  # W_c, step 2
-        self.group_mlp = nn.ModuleList([mlp(hidden * (1 + len(g)), hidden, None, dropout) for g in self.groups])
-        width = hidden * len(self.groups)
-        self.encoder = mlp(width, hidden, None, dropout)                      # step 4
-        self.decoder = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, width))
-        self.residual = nn.Linear(hidden, hidden)
+    # -- pieces (the tests call them one by one) --------------------------------------------
+    def group_vectors(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """(v [B, Dv], group vectors h_g [B, gd], cross-correlations R_g used)."""
+        x = {m: pooled_view(batch, m) for m in self.names}
+        v = x[self.visual]
+        update = self.training and v.shape[0] > 1
+        hs, corrs = [], []
+        for g, (members, net) in enumerate(zip(self.groups, self.group_net)):
+            o = torch.cat([x[m] for m in members], -1)
+            running = getattr(self, f"corr_{g}")
+            o_hat, R = complementary_study(v, o, None if update else running * self.corr_batch)
+            if update:
+                with torch.no_grad():
+                    running.lerp_(R.detach() / v.shape[0], self.corr_momentum)
+            hs.append(net(torch.cat([v, o_hat], -1) if self.fusion_style == "concat" else v + o_hat))
+            corrs.append(R)
+        if update:
+            with torch.no_grad():
+                self.corr_batch.copy_(float(v.shape[0]) if self.corr_batch == 0 else
+                                      torch.lerp(self.corr_batch, torch.tensor(float(v.shape[0])), self.corr_momentum))
+        return v, hs, corrs
 
-        label_emb = self._label_embeddings(cfg, extra, num_classes)
-        counts = extra.get("label_cooccurrence")
-        if counts is None:
-            raise ValueError("MARNet needs extra['label_cooccurrence'] ([C, C] counts from the training labels)")
-        counts = torch.as_tensor(counts, dtype=torch.float32)
-        if counts.shape != (num_classes, num_classes):
-            raise ValueError(f"label_cooccurrence has shape {tuple(counts.shape)}, expected ({num_classes}, {num_classes})")
-        # Not in the state dict: rebuilt from `extra`, which the checkpoint carries (sparse).
-        self.register_buffer("label_emb", label_emb, persistent=False)
-        adj = cooccurrence_adjacency(counts, float(cfg.get("adj_threshold", 0.4)))
-        self.register_buffer("edges", adj.nonzero().T.contiguous(), persistent=False)   # [2, E]: i -> j
-        self.label_in = nn.Linear(label_emb.shape[1], hidden)
-        self.gnn = nn.ModuleList([GraphAttention(hidden) for _ in range(int(cfg.get("gnn_layers", 2)))])
+    def label_graph(self) -> dict:
+        """The attentive GNN's outputs, to be saved with a run: the correlation matrix of every
+        layer and the label representations after every layer."""
+        reps, corrs = self.gnn(self.label_vectors, self.adjacency)
+        return {"correlation_matrices": corrs, "label_representations": reps}
 
-        self.q, self.k, self.v = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
-        self.out = nn.Linear(hidden, hidden, bias=False)
-        self.classifier = nn.Linear(hidden, hidden, bias=False)   # z . W L_k
-        self.bias = nn.Parameter(torch.zeros(num_classes))
-        prior = label_prior(extra, multilabel)
-        if prior is not None:  # start at the training label frequencies, as NMCL's heads do
-            self.bias.data = prior.clone()
+    def artifacts(self) -> dict:
+        """What the trainer saves next to the checkpoint (CPU tensors)."""
+        with torch.no_grad():
+            return {k: [t.detach().cpu() for t in v] for k, v in self.label_graph().items()}
 
-    @staticmethod
-    def _label_embeddings(cfg, extra: dict, num_classes: int) -> torch.Tensor:
-        source = cfg.get("label_embeddings", "text")
-        emb = extra.get("label_embeddings")
-        if emb is not None:
-            emb = torch.as_tensor(emb, dtype=torch.float32)
-        elif source == "random":  # recorded in the run's config; no text model needed
-            emb = torch.randn(num_classes, int(cfg.get("label_dim", 64)),
-                              generator=torch.Generator().manual_seed(int(cfg.get("label_seed", 0))))
-        else:
-            raise ValueError("MARNet needs extra['label_embeddings'] (class names embedded with "
-                             "extractors.text.embed_texts); set label_embeddings: random to train without them")
-        if emb.shape[0] != num_classes:
-            raise ValueError(f"{emb.shape[0]} label embeddings for {num_classes} classes")
-        return emb
-
-    def label_nodes(self) -> torch.Tensor:
-        nodes = self.label_in(self.label_emb)
-        for layer in self.gnn:
-            nodes = layer(nodes, self.edges)
-        return nodes                                                            # [C, H]
+    def label_scores(self, rep: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, C], cosine scores β [B, C]) of step 6."""
+        beta = F.cosine_similarity(rep[:, None, :], labels[None], dim=-1)     # [B, C]
+        scale = (rep @ self.wq.T) @ self.wo[0]                                  # wo . Wq v'   [B]
+        label_side = self.wv @ labels.T                                         # Wv L^T       [d, C]
+        logits = scale[:, None] * ((beta @ self.wk.T) @ label_side)             # (Wk β)^T Wv L^T
+        return logits, beta
 
     def forward(self, batch: dict) -> dict:
-        present = {m: batch["present"][m] for m in self.names}
-        h = {m: self.encode[m](pooled_view(batch, m)) * present[m][:, None].float() for m in self.names}
-        hv = h[self.visual]
-
-        group_vecs, group_mask = [], []
-        for members, net in zip(self.groups, self.group_mlp):
-            parts = [hv]
-            for o in members:   # complementary study, step 2
-                gate = torch.sigmoid(self.complement[o](torch.cat([hv, h[o]], -1)))
-                parts.append(h[o] * (1 - gate))
-            group_vecs.append(net(torch.cat(parts, -1)))
-            group_mask.append(torch.stack([present[m] for m in [self.visual] + members], 1).any(1))
-        groups = torch.stack(group_vecs, 1)                                     # [B, G, H]
-        gmask = torch.stack(group_mask, 1)                                      # [B, G]
-
-        flat = groups.flatten(1)
-        z = self.encoder(flat) + self.residual(hv)                              # step 4
-        recon = self.decoder(z)
-        any_present = gmask.any(1)
-        rec = masked_mean(F.mse_loss(recon, flat, reduction="none").mean(-1), any_present, dim=0)
-        # CMD between every pair of {visual, group_1, ..., group_G}, over samples having both
-        reps = torch.cat([hv[:, None], groups], 1)
-        rmask = torch.cat([present[self.visual][:, None], gmask], 1)
-        cmd_loss = z.new_zeros(())
-        for i, j in itertools.combinations(range(reps.shape[1]), 2):
-            both = rmask[:, i] & rmask[:, j]
-            cmd_loss = cmd_loss + cmd(reps[both, i], reps[both, j], self.cmd_moments)
-
-        # step 6: label nodes attend over the sample's tokens (z and the groups)
-        labels = self.label_nodes()                                             # [C, H]
-        tokens = torch.cat([z[:, None], groups], 1)                             # [B, 1+G, H]
-        tmask = torch.cat([torch.ones_like(gmask[:, :1]), gmask], 1)
-        B, T, H = tokens.shape
-        d = H // self.heads
-        q = self.q(labels).view(-1, self.heads, d)                              # [C, h, d]
-        k = self.k(tokens).view(B, T, self.heads, d)
-        v = self.v(tokens).view(B, T, self.heads, d)
-        scores = torch.einsum("chd,bthd->bhct", q, k) / d ** 0.5
-        attn = torch.softmax(scores.masked_fill(~tmask[:, None, None, :], float("-inf")), dim=-1)
-        # score of label k = <W_o attended_k, L_k>; folding W_o into the label side keeps the
-        # cost at B x C x T instead of B x C x H x H.
-        key = (labels @ self.out.weight).view(-1, self.heads, d)                # [C, h, d]
-        value_scores = torch.einsum("bthd,chd->bhct", v, key)
-        # both scores are dot products over H dims: / sqrt(H) keeps the initial logits near 0
-        # (with thousands of labels, saturated sigmoids at the start cost epochs of training)
-        logits = ((attn * value_scores).sum((1, 3)) + z @ self.classifier(labels).T) / H ** 0.5 + self.bias
+        v, hs, _ = self.group_vectors(batch)
+        cmd_loss = v.new_zeros(())
+        pairs = list(itertools.combinations(range(len(hs)), 2))
+        for i, j in pairs:   # step 3, the mean over pairs of groups
+            cmd_loss = cmd_loss + cmd(hs[i], hs[j], self.cmd_moments, norm="l2") / len(pairs)
+        flat = torch.cat(hs, -1)
+        common = torch.sigmoid(self.encoder(flat))                              # step 4
+        rec = F.mse_loss(self.decoder(common), flat)
+        reps, _ = self.gnn(self.label_vectors, self.adjacency)
+        logits, _ = self.label_scores(common + v, reps[-1])
+        if self.bias is not None:
+            logits = logits + self.bias
         aux = self.rec_weight * rec + self.cmd_weight * cmd_loss
         return {"logits": logits, "aux_loss": aux, "losses": {"reconstruction": rec, "cmd": cmd_loss}}
+
+
+MARNet = MARNetPaper   # models.MODELS["marnet"]; models.VARIANTS["marnet"]["tuned"] is MARNetTuned
+
+
+from .marnet_tuned import GraphAttention, MARNetTuned  # noqa: E402  (it imports the helpers above)
+
+__all__ = ["MARNet", "MARNetPaper", "MARNetTuned", "GraphAttention", "cmd", "cooccurrence_adjacency",
+           "complementary_study", "correlation_matrix", "label_graph_inputs", "pick_visual"]

@@ -1,206 +1,190 @@
-"""MART-style masked temporal model, adapted to cached per-step features.
+"""MART (Zhang et al., "MART: Masked Affective RepresenTation Learning via Masked Temporal
+Distribution Distillation", CVPR 2024), `variant: paper`, on cached multimodal features.
+`variant: masking-only` (models/mart_masking.py) is the earlier adaptation. docs/models-mart.md
+lists every step and where it lives.
 
-MART (Zhang et al., "MART: Masked Affective RepresenTation Learning via Masked Temporal
-Distribution Distillation", CVPR 2024) trains a video transformer by masking the temporal
-segments that matter most for the label (found from the model's own attention), with a masking
-ratio that grows during training, and asks the network to recover the masked content while it
-classifies; the model cannot rely on the few most salient segments and has to use the rest.
-
-This implementation keeps that recipe and adapts it to features cached in the store (there are
-no raw frames or patch tokens here):
-
-1. Segment tokens. Each modality's valid steps are resampled to S segments (segment s averages
-   steps [floor(s L / S), ceil((s + 1) L / S)) of a video with L valid steps, like adaptive
-   average pooling, per video), projected to d_model by a per-modality linear layer, and either
-     fusion "sum":    token_s = sum over present modalities (W_m seg_m,s + E_mod[m]) + E_pos[s]
-     fusion "tokens": one token per (modality, segment): W_m seg_m,s + E_mod[m] + E_pos[s]
-   A learned CLS token is prepended. Absent modalities contribute nothing ("sum") or are removed
-   by the key padding mask ("tokens"); a pooled-only modality (L = 1) is repeated over segments.
-2. A pre-norm transformer encoder with key padding masks; logits from the CLS output.
-3. Attention-guided masking (training only). A no-grad pass gives the CLS attention of the last
-   layer (averaged over heads), summed per segment; the round(ratio * S) most-attended segments
-   (at least one when ratio > 0) have all their tokens replaced by a learned mask token (plus
-   their position / modality embeddings), and the real pass runs on that masked input.
-4. Masking ratio schedule: ratio(p) = start + (end - start) * min(1, p / ramp), where p in [0, 1]
-   is the training progress that the train loop sets with `set_progress` each epoch. Evaluation
-   (model.eval()) never masks.
-5. Reconstruction: a linear decoder per modality predicts the masked segments' input features
-   from the encoder output (per-segment layer-normalised targets when `normalize_targets`,
-   as MAE's normalised-pixel loss, so modalities of different scales weigh the same); the
-   mean squared error over masked segments of present modalities is `aux_loss` (x
-   `recon_weight`) and `losses["recon"]`. MART distils temporal emotion *distributions*; with
-   cached features we reconstruct the features themselves, the closest target available.
+1. Tokens: every input modality resampled to S segments (segment_pool), W_m seg + E_mod[m] +
+   E_pos[s]: one token per (modality, segment), a CLS token first; pre-norm transformer blocks.
+2. Affective cues: the `emotion_modality` (extractors/emotion.py: NRC lexicon counts of the
+   time-aligned subtitles / transcript, title as the fallback; [S', 8 emotions + 2 sentiments])
+   is the target, never an input. `verify_cues` verifies them hierarchically:
+   (a) segment level, against the video: when `verify_text` and `verify_visual` (the text and
+   frame embeddings of one image-text space, e.g. CLIP) are present, a segment's cue is kept
+   only if cos(text_s, visual_s) >= `verify_threshold`; a segment needs a lexicon sentiment
+   (positive != negative) to be kept;
+   (b) emotion level: emotions whose polarity contradicts the segment's sentiment are removed
+   (positive: anticipation, joy, surprise, trust; negative: anger, disgust, fear, sadness).
+   p_s = the kept emotion counts normalised to a distribution; segments with none are unused.
+3. Mask selection (training): a no-grad pass gives, per segment, the last layer's CLS
+   self-attention and the cross-modal attention (tokens of one modality attending to the
+   tokens of the others, received by the segment), mixed s = λ cross + (1 - λ) self
+   (λ = `cross_weight`). The round(ratio * S) top segments are masked (every modality's token);
+   of those, a share `hint_ratio` (at least 0) is revealed again as hints.
+4. Masked affective modelling: a head on the masked tokens' outputs predicts q_s; loss
+   KL(p_s || q_s) over masked, verified segments (`kl_weight`).
+5. Complementary contrastive loss (InfoNCE, temperature `tau`): the output at a masked token is
+   pulled to the original (unmasked) content of the *other* modalities at that segment (the
+   complementary part) and pushed from that of the other masked (video, segment) pairs of the
+   batch; a training loss only (`nce_weight`).
+Evaluation never masks; logits come from the CLS output.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.common import modality_names, sequence_dims, sequence_view, zero
+from models.mart_masking import MaskedTemporalModel, add_encoder, segment_pool
+
+POSITIVE = (1, 4, 6, 7)   # anticipation, joy, surprise, trust in extractors.emotion.EMOTIONS
+NEGATIVE = (0, 2, 3, 5)   # anger, disgust, fear, sadness
 
 
-def segment_pool(x: torch.Tensor, mask: torch.Tensor, segments: int) -> torch.Tensor:
-    """[B, T, D] with a prefix mask [B, T] -> [B, S, D]: per video, segment s is the mean of valid
-    steps [floor(s L / S), ceil((s + 1) L / S)); zeros when the video has no valid step."""
-    lengths = mask.sum(1)[:, None, None]                                   # [B, 1, 1]
-    s = torch.arange(segments, device=x.device)[None, :, None]            # [1, S, 1]
-    t = torch.arange(x.shape[1], device=x.device)[None, None, :]          # [1, 1, T]
-    start = (s * lengths) // segments
-    end = ((s + 1) * lengths + segments - 1) // segments
-    pool = ((t >= start) & (t < end)).to(x.dtype)                          # [B, S, T]
-    pool = pool / pool.sum(-1, keepdim=True).clamp(min=1)
-    return pool @ x
+def verify_cues(cues: torch.Tensor, similarity: torch.Tensor | None = None, threshold: float = 0.0):
+    """Step 2: (p [B, S, 8] distributions, valid [B, S]) from cues [B, S, 10]."""
+    emotions, pos, neg = cues[..., :8], cues[..., 8], cues[..., 9]
+    sentiment = torch.sign(pos - neg)                                     # (a) sentiment first
+    valid = sentiment != 0
+    if similarity is not None:
+        valid = valid & (similarity >= threshold)
+    polarity = torch.zeros(8, device=cues.device)
+    polarity[list(POSITIVE)], polarity[list(NEGATIVE)] = 1.0, -1.0
+    keep = (polarity[None, None] * sentiment[..., None]) >= 0            # (b) then emotions
+    kept = emotions * keep
+    total = kept.sum(-1)
+    valid = valid & (total > 0)
+    return kept / total.clamp(min=1e-12)[..., None], valid
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block (as nanoGPT's) that also returns its head-averaged attention."""
-
-    def __init__(self, d_model: int, heads: int, ff: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.qkv, self.out = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, ff), nn.GELU(), nn.Linear(ff, d_model))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, n, d = x.shape
-        q, k, v = (t.view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in self.qkv(self.ln1(x)).split(d, -1))
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
-        att = torch.softmax(scores.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1)  # key padding mask
-        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, n, d)
-        x = x + self.drop(self.out(y))
-        x = x + self.drop(self.mlp(self.ln2(x)))
-        return x, att.mean(1)
-
-
-class MaskedTemporalModel(nn.Module):
+class MART(nn.Module):
     def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
         super().__init__()
-        self.multilabel = multilabel
-        self.names = modality_names(dims)
+        names = modality_names(dims)
+        self.emotion = cfg.get("emotion_modality", "auto")
+        if self.emotion == "auto":   # the lexicon target when the store has it; else no KL term (losses say so)
+            self.emotion = "emotion" if "emotion" in names else None
+        if self.emotion is not None and self.emotion not in names:
+            raise ValueError(f"mart: emotion_modality={self.emotion!r} is not among the modalities {names} "
+                             "(extractors/emotion.py makes it; emotion_modality: null trains without the KL term)")
+        self.verify = (cfg.get("verify_text"), cfg.get("verify_visual"))
+        self.names = [m for m in names if m != self.emotion]
         if len(self.names) < 2:
-            raise ValueError(f"mart needs at least 2 modalities, got {self.names}")
+            raise ValueError(f"mart needs at least 2 input modalities, got {self.names}")
         self.dims = sequence_dims(dims)
         d, self.segments = int(cfg.get("d_model", 128)), int(cfg.get("segments", 8))
-        self.fusion = cfg.get("fusion", "sum")
-        if self.fusion not in ("sum", "tokens"):
-            raise ValueError(f"mart fusion must be 'sum' or 'tokens', got {self.fusion!r}")
-        self.ratio_start, self.ratio_end = float(cfg.get("mask_ratio_start", 0.1)), float(cfg.get("mask_ratio_end", 0.5))
-        self.ramp = float(cfg.get("mask_ramp", 0.5))
-        if not 0 <= self.ratio_start <= 1 or not 0 <= self.ratio_end <= 1:
-            raise ValueError("mask ratios must lie in [0, 1]")
-        self.recon_weight = float(cfg.get("recon_weight", 1.0))
-        self.normalize_targets = bool(cfg.get("normalize_targets", True))
-        self.progress = 0.0
-
+        self.mask_ratio, self.hint_ratio = float(cfg.get("mask_ratio", 0.5)), float(cfg.get("hint_ratio", 0.1))
+        self.cross_weight, self.threshold = float(cfg.get("cross_weight", 0.5)), float(cfg.get("verify_threshold", 0.2))
+        self.kl_weight, self.nce_weight, self.tau = float(cfg.get("kl_weight", 1.0)), float(cfg.get("nce_weight", 0.1)), float(cfg.get("tau", 0.1))
         self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], d) for m in self.names})
-        self.decode = nn.ModuleDict({m: nn.Linear(d, self.dims[m]) for m in self.names})
-        self.mod_emb = nn.Parameter(0.02 * torch.randn(len(self.names), d))
-        self.pos_emb = nn.Parameter(0.02 * torch.randn(self.segments, d))
-        self.cls = nn.Parameter(0.02 * torch.randn(d))
-        self.mask_token = nn.Parameter(0.02 * torch.randn(d))
-        dropout = float(cfg.get("dropout", 0.1))
-        self.blocks = nn.ModuleList(Block(d, int(cfg.get("heads", 4)), int(cfg.get("ff_dim", 4 * d)), dropout)
-                                    for _ in range(int(cfg.get("layers", 2))))
-        self.ln_f = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
+        dropout = add_encoder(self, cfg, d)
+        self.ln_f, self.drop = nn.LayerNorm(d), nn.Dropout(dropout)
         self.head = nn.Linear(d, num_classes)
+        self.emotion_head = nn.Linear(d, 8) if self.emotion is not None else None   # q_s of step 4
+        self.nce_q, self.nce_k = nn.Linear(d, d), nn.Linear(d, d)               # step 5 projections
 
-    # -- masking schedule -------------------------------------------------------------------
-    def set_progress(self, progress: float) -> None:
-        """Training progress in [0, 1] (the train loop calls this each epoch)."""
-        self.progress = min(max(float(progress), 0.0), 1.0)
-
-    def mask_ratio(self) -> float:
-        if not self.training:
-            return 0.0
-        ramp = min(1.0, self.progress / self.ramp) if self.ramp > 0 else 1.0
-        return self.ratio_start + (self.ratio_end - self.ratio_start) * ramp
-
-    # -- tokens -----------------------------------------------------------------------------
+    # -- tokens and encoder --------------------------------------------------------------------
     def tokenize(self, batch: dict):
-        """Returns content [B, N, d], base embeddings [B, N, d] (position (+ modality)), valid
-        [B, N], segment index of every token [N], and the per-modality segment features
-        {m: ([B, S, D], present [B])} (the reconstruction targets). N excludes the CLS token."""
-        segs, content, valid = {}, [], []
-        for i, m in enumerate(self.names):
+        """(content [B, M*S, d], base embeddings [B, M*S, d], valid [B, M*S])."""
+        content, valid = [], []
+        for m in self.names:
             x, mask = sequence_view(batch, m)
-            present = mask.any(1)
-            segs[m] = (segment_pool(x, mask, self.segments), present)
-            # averaging and the linear projection commute (pool rows sum to 1): project the
-            # shorter of the two, e.g. a pooled-only modality once instead of S times
-            seg_tokens = segment_pool(self.proj[m](x), mask, self.segments) if x.shape[1] < self.segments \
-                else self.proj[m](segs[m][0])
-            # "sum": the modality embedding is summed with the content of present modalities;
-            # "tokens": it goes into `base`, which a masked token keeps
-            content.append(seg_tokens + self.mod_emb[i] if self.fusion == "sum" else seg_tokens)
-            valid.append(present[:, None].expand(-1, self.segments))
-        if self.fusion == "sum":
-            keep = torch.stack(valid, 0)[..., None].to(content[0].dtype)          # [M, B, S, 1]
-            content = [(torch.stack(content, 0) * keep).sum(0)]
-            valid = [torch.stack(valid, 0).any(0)]
-        b = content[0].shape[0]
-        base = self.pos_emb.expand(b, -1, -1)
-        if self.fusion == "tokens":  # the masked token keeps its modality so the decoder knows it
-            base = torch.cat([base + self.mod_emb[i] for i in range(len(self.names))], 1)
-        segment_of = torch.arange(self.segments, device=base.device).repeat(len(content))
-        return torch.cat(content, 1), base, torch.cat(valid, 1), segment_of, segs
+            content.append(self.proj[m](segment_pool(x, mask, self.segments)))
+            valid.append(mask.any(1)[:, None].expand(-1, self.segments))
+        base = torch.cat([self.pos_emb + self.mod_emb[i] for i in range(len(self.names))], 0)
+        return torch.cat(content, 1), base.expand(content[0].shape[0], -1, -1), torch.cat(valid, 1)
 
-    def encode(self, tokens: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prepend CLS, run the encoder; returns outputs [B, 1 + N, d] and the last layer's CLS
-        attention over the N tokens [B, N]."""
-        x = torch.cat([self.cls.expand(tokens.shape[0], 1, -1), tokens], 1)
-        valid = torch.cat([valid.new_ones(valid.shape[0], 1), valid], 1)      # CLS is always valid
-        x = self.drop(x)
+    def encode(self, tokens: torch.Tensor, valid: torch.Tensor):
+        """(outputs [B, 1 + N, d], last layer's attention [B, 1 + N, 1 + N])."""
+        x = self.drop(torch.cat([self.cls.expand(tokens.shape[0], 1, -1), tokens], 1))
+        valid = torch.cat([valid.new_ones(valid.shape[0], 1), valid], 1)
         for block in self.blocks:
             x, att = block(x, valid)
-        return self.ln_f(x), att[:, 0, 1:]
+        return self.ln_f(x), att
 
-    def most_attended(self, cls_att: torch.Tensor, valid: torch.Tensor, segment_of: torch.Tensor,
-                      ratio: float) -> torch.Tensor:
-        """[B, S] bool: the round(ratio * valid segments) segments with the most CLS attention
-        (at least one when ratio > 0)."""
-        b = cls_att.shape[0]
-        per_segment = cls_att.new_zeros(b, self.segments).index_add_(1, segment_of, cls_att * valid)
-        seg_valid = cls_att.new_zeros(b, self.segments).index_add_(1, segment_of, valid.to(cls_att.dtype)) > 0
+    def selection_scores(self, att: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Step 3: [B, S] λ cross-modal + (1 - λ) CLS self-attention received per segment."""
+        M, S = len(self.names), self.segments
+        tok = att[:, 1:, 1:] * valid[:, None, :].to(att.dtype)               # token -> token
+        modality = torch.arange(M, device=att.device).repeat_interleave(S)
+        cross = (modality[:, None] != modality[None, :]).to(att.dtype)         # attention across modalities
+        received = (tok * cross[None]).sum(1).view(-1, M, S).sum(1)            # [B, S]
+        self_att = (att[:, 0, 1:] * valid.to(att.dtype)).view(-1, M, S).sum(1)
+        norm = lambda x: x / x.sum(1, keepdim=True).clamp(min=1e-12)            # noqa: E731
+        return self.cross_weight * norm(received) + (1 - self.cross_weight) * norm(self_att)
+
+    def choose_masks(self, scores: torch.Tensor, seg_valid: torch.Tensor) -> torch.Tensor:
+        """[B, S] bool: top round(ratio * valid) segments, minus random hints."""
         n_valid = seg_valid.sum(1)
-        n_mask = torch.round(ratio * n_valid.to(cls_att.dtype)).long().clamp(min=1 if ratio > 0 else 0)
-        n_mask = torch.minimum(n_mask, n_valid)
-        order = per_segment.masked_fill(~seg_valid, float("-inf")).argsort(dim=1, descending=True, stable=True)
-        rank = order.argsort(dim=1)                                             # rank of each segment
-        return (rank < n_mask[:, None]) & seg_valid
+        n_mask = torch.minimum(torch.round(self.mask_ratio * n_valid).long().clamp(min=1), n_valid)
+        order = scores.masked_fill(~seg_valid, float("-inf")).argsort(dim=1, descending=True, stable=True)
+        masked = (order.argsort(dim=1) < n_mask[:, None]) & seg_valid
+        if self.hint_ratio > 0:   # hints: some selected segments stay visible
+            masked = masked & ~(torch.rand(masked.shape, device=masked.device) < self.hint_ratio)
+        return masked
 
+    # -- forward -------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict:
-        content, base, valid, segment_of, segs = self.tokenize(batch)
-        ratio = self.mask_ratio()
-        masked = None
-        if ratio > 0:
-            with torch.no_grad():  # which segments does the model currently rely on?
-                _, cls_att = self.encode(content + base, valid)
-            masked = self.most_attended(cls_att, valid, segment_of, ratio)         # [B, S]
-            token_masked = masked[:, segment_of] & valid                           # [B, N]
-            content = torch.where(token_masked[..., None], self.mask_token.expand_as(content), content)
-        out, _ = self.encode(content + base, valid)
+        content, base, valid = self.tokenize(batch)
+        if not self.training:
+            out, _ = self.encode(content + base, valid)
+            return {"logits": self.head(out[:, 0]), "aux_loss": zero(out), "losses": {}}
+        M, S = len(self.names), self.segments
+        seg_valid = valid.view(-1, M, S).any(1)
+        with torch.no_grad():
+            _, att = self.encode(content + base, valid)
+            masked = self.choose_masks(self.selection_scores(att, valid), seg_valid)
+        token_masked = masked.repeat(1, M) & valid                                 # [B, M*S]
+        x = torch.where(token_masked[..., None], self.mask_token.expand_as(content), content)
+        out, _ = self.encode(x + base, valid)
         logits = self.head(self.drop(out[:, 0]))
-        if masked is None:
-            return {"logits": logits, "aux_loss": zero(logits), "losses": {}}
-        recon = self.reconstruction_loss(out[:, 1:], masked, segs)
-        return {"logits": logits, "aux_loss": self.recon_weight * recon, "losses": {"recon": recon}}
+        kl = self.affective_loss(batch, out[:, 1:], masked)
+        nce = self.complementary_loss(out[:, 1:], content, token_masked, valid)
+        aux = self.kl_weight * kl + self.nce_weight * nce
+        losses = {"kl": kl, "nce": nce} if self.emotion is not None else {"nce": nce}
+        return {"logits": logits, "aux_loss": aux, "losses": losses}
 
-    def reconstruction_loss(self, out: torch.Tensor, masked: torch.Tensor, segs: dict) -> torch.Tensor:
-        """Mean squared error of the masked segments of every present modality."""
-        total, count = out.new_zeros(()), out.new_zeros(())
-        for i, m in enumerate(self.names):
-            target, present = segs[m]
-            h = out if self.fusion == "sum" else out[:, i * self.segments:(i + 1) * self.segments]
-            where = masked & present[:, None]                                     # [B, S]
-            target = target[where]
-            if self.normalize_targets:
-                target = F.layer_norm(target, target.shape[-1:])
-            total = total + (self.decode[m](h[where]) - target).pow(2).mean(-1).sum()
-            count = count + where.sum()
-        return total / count.clamp(min=1)
+    def targets(self, batch: dict):
+        """(p [B, S, 8], valid [B, S]) of step 2, or None without an emotion modality."""
+        if self.emotion is None:
+            return None
+        x, mask = sequence_view(batch, self.emotion)
+        cues = segment_pool(x, mask, self.segments)
+        sim = None
+        if all(v in batch["present"] for v in self.verify):
+            (t, tm), (v, vm) = (sequence_view(batch, m) for m in self.verify)
+            sim = F.cosine_similarity(segment_pool(t, tm, self.segments), segment_pool(v, vm, self.segments), dim=-1)
+            both = (tm.any(1) & vm.any(1))[:, None]
+            sim = torch.where(both, sim, torch.ones_like(sim))   # no pair in this video: nothing to verify against
+        return verify_cues(cues, sim, self.threshold)
+
+    def affective_loss(self, batch: dict, out: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Step 4: mean KL(p_s || q_s) over masked verified segments; q from the masked tokens'
+        outputs averaged over modalities."""
+        target = self.targets(batch)
+        if target is None:
+            return zero(out)
+        p, ok = target
+        h = out.view(out.shape[0], len(self.names), self.segments, -1).mean(1)
+        log_q = F.log_softmax(self.emotion_head(h), -1)
+        kl = (p * (torch.log(p.clamp(min=1e-12)) - log_q)).sum(-1)
+        where = masked & ok
+        return (kl * where).sum() / where.sum().clamp(min=1)
+
+    def complementary_loss(self, out, content, token_masked, valid) -> torch.Tensor:
+        """Step 5: InfoNCE between masked outputs and their segment's other-modality content."""
+        B, M, S = out.shape[0], len(self.names), self.segments
+        c = (content * valid[..., None]).view(B, M, S, -1)
+        n = valid.view(B, M, S).sum(1, keepdim=True)                              # [B, 1, S]
+        others = (c.sum(1, keepdim=True) - c) / (n - valid.view(B, M, S).float()).clamp(min=1)[..., None]
+        has_other = (n - valid.view(B, M, S).float()) > 0
+        pick = token_masked.view(B, M, S) & has_other
+        if pick.sum() < 2:
+            return zero(out)
+        q = F.normalize(self.nce_q(out.view(B, M, S, -1)[pick]), dim=-1)
+        k = F.normalize(self.nce_k(others[pick]), dim=-1)
+        logits = q @ k.T / self.tau
+        return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
+
+
+__all__ = ["MART", "MaskedTemporalModel", "segment_pool", "verify_cues"]

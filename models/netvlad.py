@@ -1,14 +1,16 @@
-"""NetVLAD encoding per modality + attention fusion across modalities (Sun et al.).
+"""NetVLAD (the building block of Sun et al., models/sun.py) and `netvlad`, the earlier adaptation:
+NetVLAD per modality + attention fusion across modalities.
 
 Each frame-sequence modality m (x_1..x_N, D-dim) is encoded by its own NetVLAD layer with K
-learned cluster centres c_k (Arandjelovic et al.; Eq. 7-9 of the paper):
+learned cluster centres c_k (Arandjelovic et al., CVPR 2016; Eq. 7-9 of Sun et al.):
 
     a_k(x_i) = exp(w_k^T x_i + b_k) / sum_k' exp(w_k'^T x_i + b_k')          (Eq. 7, soft assignment)
     V(j, k)  = sum_i a_k(x_i) (x_i(j) - c_k(j))                               (Eq. 8, residual aggregation)
     V        = L2( [ L2(V(:, 1)); ...; L2(V(:, K)) ] )                          (Eq. 9, intra + L2 normalisation)
 
 The K*D vector is projected to a common size H (z_m = ReLU(LN(W_m vec(V) + b_m))), then the
-modalities are weighted by attention (Eq. 13):
+modalities are weighted by attention (not in Sun et al., whose attention, Eq. 10-13, is a linear
+softmax over segments: models/sun.py):
 
     s_m     = q^T tanh(W_a z_m + b_a),   alpha_m = softmax over the modalities present in the video
     fused   = [alpha_1 z_1; ...; alpha_M z_M]
@@ -16,7 +18,7 @@ modalities are weighted by attention (Eq. 13):
 and the concatenation goes to the classifier, an MLP with one hidden layer (logits; sigmoid BCE or softmax cross-entropy in
 the train loop).
 
-Adaptations (docs/models_sequence.md): only the valid (unpadded) steps are summed in Eq. 8, so
+Adaptations (docs/models-sun.md): only the valid (unpadded) steps are summed in Eq. 8, so
 padding never changes V; an absent modality has V = 0 and alpha = 0, so it contributes exact zeros;
 an optional linear `input_dim` reduction before NetVLAD keeps K*D small for 2048-d frame features;
 a modality that only has a pooled vector (YouTube-8M video-level features) is a 1-step sequence.
@@ -67,7 +69,7 @@ class NetVLADFusion(nn.Module):
         self.project = nn.ModuleDict({m: nn.Sequential(nn.Linear(clusters * in_dims[m], hidden), nn.LayerNorm(hidden))
                                       for m in self.names})
         att = int(cfg.get("attention_dim", 128))
-        self.att = nn.Sequential(nn.Linear(hidden, att), nn.Tanh(), nn.Linear(att, 1, bias=False))  # Eq. 13
+        self.att = nn.Sequential(nn.Linear(hidden, att), nn.Tanh(), nn.Linear(att, 1, bias=False))
         self.dropout = nn.Dropout(float(cfg.get("dropout", 0.5)))
         # Classifier on the concatenation: one hidden block (Linear, LayerNorm, ReLU, dropout) so
         # that labels depending on an interaction of modalities can be learnt; 0 = linear.
@@ -76,7 +78,7 @@ class NetVLADFusion(nn.Module):
             if head_hidden else nn.Linear(hidden * len(self.names), num_classes)
 
     def modality_attention(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Eq. 13: [B, M] weights, softmax over the present modalities (0 for absent ones)."""
+        """[B, M] weights, softmax over the present modalities (0 for absent ones)."""
         return masked_softmax(self.att(z).squeeze(-1), present, dim=1)
 
     def forward(self, batch: dict) -> dict:

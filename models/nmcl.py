@@ -1,44 +1,45 @@
 """NMCL: Neural Multimodal Cooperative Learning (Wei et al., "Neural Multimodal Cooperative
 Learning Toward Micro-Video Understanding", IEEE TIP 29, 2020; equation numbers below are the
-paper's).
+paper's). Two variants, picked by `models.nmcl.variant` (docs/models-nmcl.md):
 
-For every modality m in turn (the *host*), the *guest* is the concatenation of all the other
-modalities. The cooperative net splits host and guest into a consistent part (information both
-sides carry) and a complementary part (information only one side carries), rebuilds an augmented
-host vector from them, and an attention network with one memory row per category turns it into
-a prediction; the per-host predictions are fused late.
-
-* Eq. 4-5  relation scores. The relation matrix between host dim i and guest dim j is
-           S_ij = h_i W_ij g_j; a host dim's score is its row sum, s^h = h * (W g), a guest dim's
-           its column sum, s^g = g * (W^T h) (computed without forming S). Each score vector is
-           normalised with a softmax over its dims, rescaled by the dim count so that "average
-           relation" is 1 whatever the width.
-* Eq. 8    learned threshold with a steep sigmoid gate: tau = sigmoid(w (s - eps)), w = 50, one
-           learned eps per host and per guest side (a differentiable step).
-* Eq. 9    consistent beta = tau * x, complementary alpha = (1 - tau) * x, for host and guest.
+`paper` (the default, class `NMCL`): Eq. 2-20 as written.
+* Eq. 2-3  for every modality m in turn, the host h = x^m and the guest g = the concatenation
+           of the other modalities.
+* Eq. 4-5  relation scores from two scorers on the concatenations, s^h = softmax(W_h [h; g])
+           over the host's D_h features and s^g = softmax(W_g [g; h]) over the guest's.
+           `relation_scale: dim` multiplies them by their dim count (mean 1): the literal
+           softmax averages 1/D, and for D in the hundreds s - xi is then so small that the gate
+           of Eq. 8 is the same for every feature (tests/test_nmcl.py shows it).
+* Eq. 6-8  the hard threshold "consistent iff s > xi" (Eq. 6) made differentiable with a steep
+           sigmoid (Eq. 7) and weighted by the score: gamma = s * sigmoid(w (s - xi)), one learned
+           xi per host and per guest side, w = `gate_w`.
+* Eq. 9    consistent beta = gamma * x, complementary alpha = (1 - gamma) * x (host and guest).
 * Eq. 10   enhanced consistent vector beta~ = phi(W_beta [beta_h; beta_g]).
 * Eq. 11   augmented vector x^ = [alpha_h; beta~; alpha_g].
-* Eq. 12-14 category distributions p_h = softmax(U_h beta_h), p_g = softmax(U_g beta_g) and a
-           symmetric KL divergence between them, summed over hosts (consistency loss).
-* Eq. 15-16 attention network with a memory matrix: category k has a memory row M_k; the
-           attention over the features of z = relu(W_z x^) is a_k = softmax(M_k + W_s z), and
-           the score is y_k = sum_d a_kd U_kd z_d + b_k (`CategoryAttention`).
-* Eq. 17-18 one prediction per host modality, fused by averaging the hosts that are present.
-* Eq. 20   loss = sum over hosts of the prediction losses + lambda * consistency loss; the L2 term
-           is the optimizer's weight decay. Here the fused prediction is also trained (the
-           pipeline adds its loss), the per-host terms are the model's `aux_loss`.
+* Eq. 12-14 p_h = softmax(U_h beta_h), p_g = softmax(U_g beta_g), their KL divergence (taken
+           symmetric, KL(p_h||p_g) + KL(p_g||p_h)), summed over the hosts.
+* Eq. 15-17 the attention network with a static memory (models/heads.py `MemoryAttention`):
+           psi_k = omega_k * x^, theta_k = phi(W psi_k), p^m = softmax_k(z_k^T theta_k).
+* Eq. 18   the prediction sums the hosts' probabilities, y = sum_m p^m. The model returns
+           log(y / M) (M = hosts present) as its logits, so the trainer's softmax gives y / M
+           back and its cross-entropy is Eq. 19's loss on the summed prediction (dividing by M
+           changes no ranking).
+* Eq. 20   loss = CE(y) (the trainer's task loss) + kl_weight * sum of Eq. 13 (kl_weight = 1)
+           + l2 * ||Theta||^2, the L2 term on every parameter inside the loss (not the
+           optimizer's decoupled weight decay; set train.weight_decay=0 to have only it).
 
-Multi-label: the paper's softmax heads are per-class sigmoids (Eq. 12 and 17), the KL of Eq. 13
-becomes the sum over classes of the symmetric KL between the per-class Bernoulli distributions,
-and the prediction loss is BCE summed over classes.
+`tuned` (class `NMCLTuned`, the project's earlier implementation, kept because it is what
+scales to YouTube-8M's 3,862 classes): one bilinear relation matrix W with s^h = h * (W g) and
+s^g = g * (W^T h), rescaled softmax (mean 1), gate sigmoid(w (s - xi)) without the factor s;
+inputs first projected to `proj_dim` with Linear + LayerNorm; the input-dependent
+`CategoryAttention` of models/heads.py instead of the static memory; host logits averaged
+instead of probabilities summed; per-host losses added (`modality_loss_weight`) and
+kl_weight 0.1. Each change bought GAP@20 on YouTube-8M (bench/models_tuned.yaml).
 
-Adaptations: `proj_dim` first maps every modality through Linear + LayerNorm to a common width
-so features of very different scales and widths (1,024-d RGB and 128-d audio, 2,048-d ResNet and
-a 100-d paragraph vector) meet on equal terms; `proj_dim: null` uses the raw features as in the
-paper. The attention network attends over `attn_dim` projected features of the augmented vector, with
-additive attention logits (memory row + feature saliency) so that it runs as two matrix products
-for thousands of categories. Absent
-modalities enter as zeros and their host prediction is left out of the fusion.
+Both: multi-label tasks replace the softmax heads of Eq. 12 and 17 by per-class sigmoids, the
+KL of Eq. 13 by the sum over classes of the Bernoulli KLs, and the sum of Eq. 18 by the mean of
+the per-class probabilities. Absent modalities enter as zeros; their host prediction is left
+out of Eq. 18 and their KL term out of Eq. 14.
 """
 from __future__ import annotations
 
@@ -46,83 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import masked_mean, modality_names, pooled_dims, pooled_view, task_loss, zero
+from .common import masked_mean, modality_names, pick_variant, pooled_dims, pooled_view, task_loss, variant_cfg, zero
+from .heads import ACTIVATIONS, CategoryAttention, MemoryAttention, fuse_probabilities, label_prior
 
-
-def label_prior(extra: dict | None, multilabel: bool) -> torch.Tensor | None:
-    """Log-odds of the training label frequencies (from pipeline/train.py), the starting value of
-    multi-label output biases: with thousands of rare sigmoid classes (YouTube-8M: most under
-    0.1 %) an output that starts at p = 0.5 spends its first epochs only walking to the prior."""
-    prior = (extra or {}).get("label_prior") if multilabel else None
-    return None if prior is None else torch.logit(torch.as_tensor(prior).float().clamp(1e-4, 1 - 1e-4))
-
-
-class CategoryAttention(nn.Module):
-    """The attention network of NMCL (Eq. 15-16): category k owns a memory row M_k that, added
-    to the sample's feature saliency s = W_s z, gives attention weights over the features,
-    a_k = softmax_d(M_kd + s_d); the category's score is y_k = sum_d a_kd U_kd z_d + b_k, here
-    times r (the width of z; see forward). Also used by the Early+Att and Late+Att baselines (models/fusion.py).
-
-    Because the attention logit is a sum, exp(M_kd + s_d) = exp(M_kd) exp(s_d) and both sums
-    over d are matrix products: the cost is two (B x r) @ (r x C) products instead of a
-    B x C x r tensor, which matters with thousands of categories."""
-
-    def __init__(self, in_dim: int, num_classes: int, attn_dim: int = 128, dropout: float = 0.0,
-                 prior: torch.Tensor | None = None):
-        super().__init__()
-        self.project = nn.Sequential(nn.Linear(in_dim, attn_dim), nn.LayerNorm(attn_dim), nn.ReLU(),
-                                     nn.Dropout(dropout))
-        self.saliency = nn.Linear(attn_dim, attn_dim)                                   # W_s
-        self.memory = nn.Parameter(torch.randn(num_classes, attn_dim) * 0.1)             # M, Eq. 15
-        self.attn_dim = attn_dim
-        self.readout = nn.Parameter(torch.randn(num_classes, attn_dim) / attn_dim ** 0.5)  # U, Eq. 16
-        self.bias = nn.Parameter(torch.zeros(num_classes))
-        if prior is not None:  # log-odds of the training label frequencies (label_prior)
-            self.bias.data = prior.clone()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.project(x)                                                    # [B, r]
-        s = self.saliency(z)
-        e = torch.exp(s - s.max(-1, keepdim=True).values)                      # exp(s_d), rescaled
-        m = torch.exp(self.memory - self.memory.max(-1, keepdim=True).values)   # exp(M_kd), rescaled
-        numerator = (e * z) @ (m * self.readout).T                             # sum_d exp(M+s) U z
-        denominator = e @ m.T                                                  # sum_d exp(M+s)
-        # Times r: with uniform attention the readout is then the plain linear U_k . z that an
-        # nn.Linear computes, instead of its mean over d. Same functions (U' = r U), but Adam's
-        # per-entry steps on U now move the logits as fast as a Linear layer's weights do; the
-        # mean form needs U to grow r-fold and left NMCL far below Early Fusion on 3,862 classes.
-        return self.attn_dim * numerator / denominator + self.bias            # Eq. 15-16
-
-
-class CooperativeNet(nn.Module):
-    """One host modality against its guest (Eq. 4-14): returns the augmented vector x^ and the
-    category logits of the host's and the guest's consistent parts."""
-
-    def __init__(self, host_dim: int, guest_dim: int, hidden: int, num_classes: int, gate_w: float):
-        super().__init__()
-        self.relation = nn.Parameter(torch.randn(host_dim, guest_dim) / (host_dim * guest_dim) ** 0.25)  # W, Eq. 4
-        self.eps_host = nn.Parameter(torch.ones(()))   # learned thresholds, Eq. 8
-        self.eps_guest = nn.Parameter(torch.ones(()))
-        self.gate_w = gate_w
-        self.enhance = nn.Sequential(nn.Linear(host_dim + guest_dim, hidden), nn.ReLU())  # Eq. 10
-        self.head_host = nn.Linear(host_dim, num_classes)    # U_h, Eq. 12
-        self.head_guest = nn.Linear(guest_dim, num_classes)  # U_g
-        self.out_dim = host_dim + hidden + guest_dim
-
-    @staticmethod
-    def _normalise(s: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(s, dim=-1) * s.shape[-1]   # Eq. 5, mean 1 across dims
-
-    def forward(self, h: torch.Tensor, g: torch.Tensor):
-        s_h = self._normalise(h * (g @ self.relation.T))   # row sums of S, Eq. 4-5
-        s_g = self._normalise(g * (h @ self.relation))     # column sums of S
-        tau_h = torch.sigmoid(self.gate_w * (s_h - self.eps_host))   # Eq. 8
-        tau_g = torch.sigmoid(self.gate_w * (s_g - self.eps_guest))
-        beta_h, alpha_h = tau_h * h, (1 - tau_h) * h      # Eq. 9
-        beta_g, alpha_g = tau_g * g, (1 - tau_g) * g
-        enhanced = self.enhance(torch.cat([beta_h, beta_g], -1))          # Eq. 10
-        augmented = torch.cat([alpha_h, enhanced, alpha_g], -1)           # Eq. 11
-        return augmented, self.head_host(beta_h), self.head_guest(beta_g)  # Eq. 12 (logits)
+__all__ = ["NMCL", "NMCLTuned", "CooperativeNet", "BilinearCooperativeNet", "symmetric_kl",
+           "CategoryAttention", "label_prior"]   # the last two moved to models/heads.py; importable here too
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, multilabel: bool) -> torch.Tensor:
@@ -136,54 +65,186 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, multilabel: boo
     return ((la.exp() - lb.exp()) * (la - lb)).sum(-1)
 
 
-class NMCL(nn.Module):
-    def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
+# -- the paper's variant ----------------------------------------------------------------------
+class CooperativeNet(nn.Module):
+    """One host modality against its guest, Eq. 4-12. forward(h, g) returns every intermediate:
+    s_h, s_g (Eq. 4-5), gamma_h, gamma_g (Eq. 8), beta_*, alpha_* (Eq. 9), enhanced (Eq. 10),
+    augmented (Eq. 11), logits_host, logits_guest (Eq. 12, before the softmax)."""
+
+    def __init__(self, host_dim: int, guest_dim: int, hidden: int, num_classes: int, gate_w: float = 50.0,
+                 relation_scale: str = "none", activation: str = "relu"):
         super().__init__()
+        if relation_scale not in ("none", "dim"):
+            raise ValueError(f"models.nmcl.paper.relation_scale must be none or dim, got {relation_scale!r}")
+        self.score_host = nn.Linear(host_dim + guest_dim, host_dim, bias=False)     # W_h, Eq. 4
+        self.score_guest = nn.Linear(guest_dim + host_dim, guest_dim, bias=False)   # W_g, Eq. 5
+        self.scale = relation_scale
+        # xi starts at the mean score (1/D literal, 1 rescaled): about half the features consistent
+        self.xi_host = nn.Parameter(torch.tensor(1.0 if relation_scale == "dim" else 1.0 / host_dim))
+        self.xi_guest = nn.Parameter(torch.tensor(1.0 if relation_scale == "dim" else 1.0 / guest_dim))
+        self.gate_w = float(gate_w)
+        self.enhance = nn.Sequential(nn.Linear(host_dim + guest_dim, hidden), ACTIVATIONS[activation]())  # Eq. 10
+        self.head_host = nn.Linear(host_dim, num_classes, bias=False)     # U_h, Eq. 12
+        self.head_guest = nn.Linear(guest_dim, num_classes, bias=False)   # U_g
+        self.out_dim = host_dim + hidden + guest_dim
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        s = torch.softmax(logits, dim=-1)                                 # Eq. 4-5
+        return s * s.shape[-1] if self.scale == "dim" else s
+
+    def forward(self, h: torch.Tensor, g: torch.Tensor) -> dict:
+        s_h = self.scores(self.score_host(torch.cat([h, g], -1)))
+        s_g = self.scores(self.score_guest(torch.cat([g, h], -1)))
+        gamma_h = s_h * torch.sigmoid(self.gate_w * (s_h - self.xi_host))      # Eq. 8
+        gamma_g = s_g * torch.sigmoid(self.gate_w * (s_g - self.xi_guest))
+        beta_h, alpha_h = gamma_h * h, (1 - gamma_h) * h                        # Eq. 9
+        beta_g, alpha_g = gamma_g * g, (1 - gamma_g) * g
+        enhanced = self.enhance(torch.cat([beta_h, beta_g], -1))                # Eq. 10
+        augmented = torch.cat([alpha_h, enhanced, alpha_g], -1)                 # Eq. 11
+        return {"s_h": s_h, "s_g": s_g, "gamma_h": gamma_h, "gamma_g": gamma_g, "beta_h": beta_h,
+                "alpha_h": alpha_h, "beta_g": beta_g, "alpha_g": alpha_g, "enhanced": enhanced,
+                "augmented": augmented, "logits_host": self.head_host(beta_h), "logits_guest": self.head_guest(beta_g)}
+
+
+class _Hosts(nn.Module):
+    """What both variants share: the modality list, the inputs and the per-host loop."""
+
+    def setup(self, dims: dict, multilabel: bool) -> dict[str, int]:
         self.names = modality_names(dims)
         if len(self.names) < 2:
             raise ValueError(f"NMCL needs at least two modalities (host and guest), got {self.names}")
         self.multilabel = multilabel
+        return pooled_dims(dims)
+
+    def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        x = {}
+        for m in self.names:
+            v = pooled_view(batch, m)
+            if getattr(self, "project", None) is not None:
+                v = self.project[m](v) * batch["present"][m][:, None].to(v.dtype)
+            x[m] = self.drop(v)
+        return x
+
+    def kl_term(self, i: int, present: torch.Tensor, logits_host, logits_guest) -> torch.Tensor:
+        both = present[:, i] & (present.sum(1) > 1)   # KL only where the host and a guest exist
+        return masked_mean(symmetric_kl(logits_host, logits_guest, self.multilabel), both, dim=0)
+
+
+class NMCL(_Hosts):
+    """The paper's NMCL (module docstring). `forward(batch, intermediates=True)` adds
+    {"intermediates": {host: {...CooperativeNet outputs, "theta", "host_logits"}}}."""
+
+    def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
+        super().__init__()
+        pick_variant(cfg, "nmcl")   # "tuned" is built as NMCLTuned (models/__init__.py VARIANTS)
+        cfg = variant_cfg(cfg, "paper")
+        in_dims = self.setup(dims, multilabel)
+        self.project = None
+        self.kl_weight, self.l2 = float(cfg.get("kl_weight", 1.0)), float(cfg.get("l2", 0.0))
+        hidden, dropout = int(cfg.get("hidden", 256)), float(cfg.get("dropout", 0.0))
+        self.drop = nn.Dropout(dropout)
+        self.coop, self.attend = nn.ModuleDict(), nn.ModuleDict()
+        prior = label_prior(extra, multilabel)
+        for m in self.names:
+            guest = sum(d for o, d in in_dims.items() if o != m)
+            self.coop[m] = CooperativeNet(in_dims[m], guest, hidden, num_classes, float(cfg.get("gate_w", 50.0)),
+                                          str(cfg.get("relation_scale", "none")), str(cfg.get("activation", "relu")))
+            self.attend[m] = MemoryAttention(self.coop[m].out_dim, num_classes, int(cfg.get("theta_dim", 64)), 1,
+                                             str(cfg.get("attention_activation", "tanh")), dropout, prior)
+
+    def forward(self, batch: dict, intermediates: bool = False) -> dict:
+        present = torch.stack([batch["present"][m] for m in self.names], 1)   # [B, M]
+        x = self.inputs(batch)
+        host_logits, kl_terms, inter = [], [], {}
+        for i, m in enumerate(self.names):
+            guest = torch.cat([x[o] for o in self.names if o != m], -1)         # Eq. 2-3
+            parts = self.coop[m](x[m], guest)
+            y, att = self.attend[m](parts["augmented"], intermediates=True)     # Eq. 15-17
+            host_logits.append(y)
+            kl_terms.append(self.kl_term(i, present, parts["logits_host"], parts["logits_guest"]))
+            if intermediates:
+                inter[m] = {**parts, **att, "host_logits": y}
+        logits = fuse_probabilities(torch.stack(host_logits, 1), present, self.multilabel)   # Eq. 18
+        kl = torch.stack(kl_terms).sum()                                                     # Eq. 14
+        l2 = sum(p.pow(2).sum() for p in self.parameters()) if self.l2 > 0 else zero(logits)
+        out = {"logits": logits, "aux_loss": self.kl_weight * kl + self.l2 * l2 + zero(logits),   # Eq. 20
+               "losses": {"kl": kl, "l2": l2 + zero(logits)}}
+        if intermediates:
+            out["intermediates"] = inter
+        return out
+
+
+# -- the tuned variant ------------------------------------------------------------------------
+class BilinearCooperativeNet(nn.Module):
+    """The tuned variant's cooperative net: one bilinear relation matrix S_ij = h_i W_ij g_j, a
+    host dim's score its row sum s^h = h * (W g), a guest dim's its column sum s^g = g * (W^T h)
+    (computed without forming S), each softmax-normalised times its dim count; gate
+    tau = sigmoid(w (s - xi)) without Eq. 8's factor s. Returns (x^, host logits, guest logits)."""
+
+    def __init__(self, host_dim: int, guest_dim: int, hidden: int, num_classes: int, gate_w: float):
+        super().__init__()
+        self.relation = nn.Parameter(torch.randn(host_dim, guest_dim) / (host_dim * guest_dim) ** 0.25)
+        self.eps_host = nn.Parameter(torch.ones(()))
+        self.eps_guest = nn.Parameter(torch.ones(()))
+        self.gate_w = gate_w
+        self.enhance = nn.Sequential(nn.Linear(host_dim + guest_dim, hidden), nn.ReLU())
+        self.head_host = nn.Linear(host_dim, num_classes)
+        self.head_guest = nn.Linear(guest_dim, num_classes)
+        self.out_dim = host_dim + hidden + guest_dim
+
+    @staticmethod
+    def _normalise(s: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(s, dim=-1) * s.shape[-1]   # mean 1 across dims
+
+    def forward(self, h: torch.Tensor, g: torch.Tensor):
+        s_h = self._normalise(h * (g @ self.relation.T))   # row sums of S
+        s_g = self._normalise(g * (h @ self.relation))     # column sums of S
+        tau_h = torch.sigmoid(self.gate_w * (s_h - self.eps_host))
+        tau_g = torch.sigmoid(self.gate_w * (s_g - self.eps_guest))
+        beta_h, alpha_h = tau_h * h, (1 - tau_h) * h
+        beta_g, alpha_g = tau_g * g, (1 - tau_g) * g
+        enhanced = self.enhance(torch.cat([beta_h, beta_g], -1))
+        augmented = torch.cat([alpha_h, enhanced, alpha_g], -1)
+        return augmented, self.head_host(beta_h), self.head_guest(beta_g)
+
+
+class NMCLTuned(_Hosts):
+    def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
+        super().__init__()
+        cfg = variant_cfg(cfg, "tuned")
+        in_dims = self.setup(dims, multilabel)
         self.kl_weight = float(cfg.get("kl_weight", 0.1))
         self.modality_loss_weight = float(cfg.get("modality_loss_weight", 1.0))
-        in_dims = pooled_dims(dims)
         proj = cfg.get("proj_dim")
+        self.project = None
         if proj:
             self.project = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, proj), nn.LayerNorm(proj))
                                           for m, d in in_dims.items()})
             in_dims = {m: int(proj) for m in self.names}
-        else:
-            self.project = None
         hidden, dropout = int(cfg.get("hidden", 256)), float(cfg.get("dropout", 0.0))
         self.drop = nn.Dropout(dropout)
-        self.coop = nn.ModuleDict()
-        self.attend = nn.ModuleDict()
+        self.coop, self.attend = nn.ModuleDict(), nn.ModuleDict()
         for m in self.names:
             guest = sum(d for o, d in in_dims.items() if o != m)
-            self.coop[m] = CooperativeNet(in_dims[m], guest, hidden, num_classes, float(cfg.get("gate_w", 50.0)))
+            self.coop[m] = BilinearCooperativeNet(in_dims[m], guest, hidden, num_classes, float(cfg.get("gate_w", 50.0)))
             self.attend[m] = CategoryAttention(self.coop[m].out_dim, num_classes, int(cfg.get("attn_dim", 128)), dropout,
                                                label_prior(extra, multilabel))
 
     def forward(self, batch: dict) -> dict:
         present = torch.stack([batch["present"][m] for m in self.names], 1)   # [B, M]
-        x = {}
-        for m in self.names:
-            v = pooled_view(batch, m)
-            if self.project is not None:
-                v = self.project[m](v) * batch["present"][m][:, None].to(v.dtype)
-            x[m] = self.drop(v)
+        x = self.inputs(batch)
         host_logits, kl_terms = [], []
         for i, m in enumerate(self.names):
             guest = torch.cat([x[o] for o in self.names if o != m], -1)
             augmented, p_host, p_guest = self.coop[m](x[m], guest)
-            host_logits.append(self.attend[m](augmented))                              # Eq. 17
-            both = present[:, i] & (present.sum(1) > 1)   # KL only where host and a guest exist
-            kl_terms.append(masked_mean(symmetric_kl(p_host, p_guest, self.multilabel), both, dim=0))
+            host_logits.append(self.attend[m](augmented))
+            kl_terms.append(self.kl_term(i, present, p_host, p_guest))
         stacked = torch.stack(host_logits, 1)                                          # [B, M, C]
-        logits = masked_mean(stacked, present)                                         # Eq. 18
-        kl = torch.stack(kl_terms).sum()                                               # Eq. 14
+        logits = masked_mean(stacked, present)                                         # host logits averaged
+        kl = torch.stack(kl_terms).sum()
         losses = {"kl": kl}
         aux = self.kl_weight * kl
-        if "labels" in batch:   # per-host prediction losses of Eq. 20 (training and evaluation)
+        if "labels" in batch:   # per-host prediction losses (training and evaluation)
             per_host = torch.stack([task_loss(stacked[:, i], batch["labels"], self.multilabel, reduction="none")
                                     for i in range(len(self.names))], 1)                 # [B, M]
             modality = (per_host * present).sum() / present.sum().clamp(min=1)

@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -42,7 +43,9 @@ CREATE TABLE IF NOT EXISTS videos (
     width        INTEGER,
     height       INTEGER,
     has_audio    INTEGER,
-    updated_at   REAL
+    updated_at   REAL,
+    decode_warnings TEXT,
+    subtitles    TEXT
 );
 CREATE TABLE IF NOT EXISTS stages (
     video_id   TEXT NOT NULL,
@@ -59,7 +62,10 @@ CREATE TABLE IF NOT EXISTS shards (
     file       TEXT NOT NULL,
     rows       INTEGER NOT NULL,
     dim        INTEGER NOT NULL,
-    created_at REAL
+    created_at REAL,
+    dtype      TEXT,
+    sha256     TEXT,
+    aux        TEXT
 );
 CREATE TABLE IF NOT EXISTS features (
     video_id TEXT NOT NULL,
@@ -92,6 +98,7 @@ class VideoRow:
     title: str | None = None
     labels: list[str] = field(default_factory=list)
     split: str | None = None
+    subtitles: list | None = None   # [(start_s, end_s, text), ...] from a sidecar .srt/.vtt/.ass
 
 
 @dataclass
@@ -133,9 +140,34 @@ class OutputLock:
             self.fd = None
 
 
+# Columns added after a table's first release: (table, column, declaration). An older catalog
+# gains them when a writer opens it (NULL in old rows; e.g. shards written before checksums
+# were recorded have sha256 NULL, which `verify` reports as "not recorded", not as damage).
+MIGRATIONS = [
+    ("shards", "dtype", "TEXT"),
+    ("shards", "sha256", "TEXT"),
+    ("shards", "aux", "TEXT"),              # JSON {companion file: sha256} (a sequence shard's offsets, times)
+    ("videos", "decode_warnings", "TEXT"),  # JSON {"lost_packets": n, ...}: done, but salvaged
+    ("videos", "subtitles", "TEXT"),        # JSON [[start_s, end_s, text], ...] from a sidecar
+]
+
+
 class Catalog:
-    def __init__(self, path: str | Path):
+    """`Catalog(path)` opens (creating and migrating) the catalog for writing; the process
+    holding `OutputLock` is the only writer. `Catalog(path, readonly=True)` opens it with
+    sqlite's `mode=ro`: for `status`, `evaluate`, `verify`, `predict` while an `extract` writes
+    the same folder. It takes no lock and never blocks the writer; in WAL mode each query sees
+    the last committed transaction, so a reader sees whole shards or none."""
+
+    def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            if not self.path.exists():
+                raise FileNotFoundError(f"{self.path} does not exist (run scan or extract first)")
+            uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we open transactions ourselves (`transaction`), so a multi-table
         # commit is one BEGIN ... COMMIT. WAL keeps readers (e.g. `status`) off the writer's way.
@@ -143,6 +175,17 @@ class Catalog:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        for table, column, decl in MIGRATIONS:
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+    def integrity_check(self) -> list[str]:
+        """sqlite's own `PRAGMA integrity_check`: ["ok"] for a sound database file."""
+        return [row[0] for row in self.conn.execute("PRAGMA integrity_check")]
 
     def close(self) -> None:
         self.conn.close()
@@ -166,13 +209,15 @@ class Catalog:
     def upsert_videos(self, rows: Iterable[VideoRow]) -> int:
         now = time.time()
         data = [(r.video_id, r.path, r.size, r.mtime, r.content_hash, r.title, json.dumps(list(r.labels)),
-                 r.split, now) for r in rows]
+                 r.split, None if r.subtitles is None else json.dumps([list(s) for s in r.subtitles]), now)
+                for r in rows]
         with self.transaction() as c:
             c.executemany(
-                "INSERT INTO videos (video_id, path, size, mtime, content_hash, title, labels, split, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(video_id) DO UPDATE SET path=excluded.path,"
+                "INSERT INTO videos (video_id, path, size, mtime, content_hash, title, labels, split, subtitles,"
+                " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(video_id) DO UPDATE SET path=excluded.path,"
                 " size=excluded.size, mtime=excluded.mtime, content_hash=excluded.content_hash,"
-                " title=excluded.title, labels=excluded.labels, split=excluded.split, deleted=0,"
+                " title=excluded.title, labels=excluded.labels, split=excluded.split,"
+                " subtitles=excluded.subtitles, deleted=0,"
                 " updated_at=excluded.updated_at", data)
         return len(data)
 
@@ -188,6 +233,8 @@ class Catalog:
         for row in cur.fetchall():
             item = dict(zip(names, row))
             item["labels"] = json.loads(item["labels"])
+            for key in ("decode_warnings", "subtitles"):  # JSON columns; NULL = none
+                item[key] = json.loads(item[key]) if item.get(key) else None
             out.append(item)
         return out
 
@@ -209,13 +256,17 @@ class Catalog:
 
     def record_decodes(self, decoded: Iterable[tuple] = (), failed: Iterable[tuple[str, str]] = ()) -> None:
         """Decode outcomes in one transaction: `decoded` rows are (video_id, duration, fps, width,
-        height, has_audio) and mark the stage done; `failed` rows are (video_id, reason)."""
+        height, has_audio[, warnings]) and mark the stage done (warnings: `Clip.warnings`, what a
+        salvaged decode lost, stored as JSON in decode_warnings; NULL when nothing was lost);
+        `failed` rows are (video_id, reason)."""
         decoded, failed = list(decoded), list(failed)
         with self.transaction() as c:
             self.set_stages([StageUpdate(vid, "decode", "done") for vid, *_ in decoded] +
                             [StageUpdate(vid, "decode", "failed", reason) for vid, reason in failed], conn=c)
-            c.executemany("UPDATE videos SET duration=?, fps=?, width=?, height=?, has_audio=? WHERE video_id=?",
-                          [(*facts[:4], int(facts[4]), vid) for vid, *facts in decoded])
+            c.executemany("UPDATE videos SET duration=?, fps=?, width=?, height=?, has_audio=?, decode_warnings=?"
+                          " WHERE video_id=?",
+                          [(*facts[:4], int(facts[4]), json.dumps(facts[5]) if len(facts) > 5 and facts[5] else None,
+                            vid) for vid, *facts in decoded])
 
     # -- labels ---------------------------------------------------------------------------
     def set_class_names(self, names: list[str]) -> None:
@@ -251,6 +302,11 @@ class Catalog:
     def stage_status(self, stage: str) -> dict[str, str]:
         return dict(self.conn.execute("SELECT video_id, status FROM stages WHERE stage=?", (stage,)).fetchall())
 
+    def stage_reasons(self, stage: str) -> dict[str, tuple[str, str | None]]:
+        """{video_id: (status, error)} of one stage."""
+        return {v: (s, e) for v, s, e in self.conn.execute(
+            "SELECT video_id, status, error FROM stages WHERE stage=?", (stage,))}
+
     def stage_counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         rows = self.conn.execute(
@@ -267,15 +323,18 @@ class Catalog:
             " WHERE s.status='failed' AND v.deleted=0 ORDER BY s.video_id, s.stage").fetchall()
 
     # -- store bookkeeping (called by pipeline.store) --------------------------------------
-    def commit_shard(self, shard_id: str, modality: str, layout_files: dict[str, tuple[str, int, int]],
+    def commit_shard(self, shard_id: str, modality: str, layout_files: dict[str, dict],
                      video_rows: list[tuple[str, int]], stage_updates: list[StageUpdate]) -> None:
-        """Record shard files ({layout: (file, rows, dim)}), where each video's features live,
-        and the stage statuses, all in one transaction."""
+        """Record shard files ({layout: {"file", "rows", "dim", "dtype", "sha256", "aux"}}, aux =
+        {companion file: sha256}), where each video's features live, and the stage statuses, all
+        in one transaction."""
         now = time.time()
         with self.transaction() as c:
-            for layout, (file, rows, dim) in layout_files.items():
-                c.execute("INSERT INTO shards VALUES (?,?,?,?,?,?,?)",
-                          (f"{shard_id}:{layout}", modality, layout, file, rows, dim, now))
+            for layout, f in layout_files.items():
+                c.execute("INSERT INTO shards (shard_id, modality, layout, file, rows, dim, created_at, dtype, sha256, aux)"
+                          " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                          (f"{shard_id}:{layout}", modality, layout, f["file"], f["rows"], f["dim"], now,
+                           f.get("dtype"), f.get("sha256"), json.dumps(f.get("aux") or {})))
                 c.executemany("INSERT OR REPLACE INTO features VALUES (?,?,?,?,?)",
                               [(vid, modality, layout, f"{shard_id}:{layout}", row) for vid, row in video_rows])
             self.set_stages(stage_updates, conn=c)
@@ -309,3 +368,32 @@ class Catalog:
 
     def shard_files(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT file FROM shards")}
+
+    # -- integrity (called by pipeline.verify) ---------------------------------------------
+    def shard_rows(self) -> list[dict]:
+        """Every committed shard: shard_id, modality, layout, file, rows, dim and, where the
+        catalog is new enough to record them, dtype, sha256 and aux ({companion: sha256})."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(shards)")}
+        cols = [c for c in ("shard_id", "modality", "layout", "file", "rows", "dim", "dtype", "sha256", "aux")
+                if c in have]
+        out = []
+        for row in self.conn.execute(f"SELECT {', '.join(cols)} FROM shards ORDER BY file"):
+            item = {"dtype": None, "sha256": None, "aux": None, **dict(zip(cols, row))}
+            item["aux"] = json.loads(item["aux"]) if item["aux"] else None
+            out.append(item)
+        return out
+
+    def feature_rows(self) -> list[tuple[str, str, str, str, int]]:
+        """(video_id, modality, layout, shard_id, row) of every feature location, deleted videos too."""
+        return self.conn.execute("SELECT video_id, modality, layout, shard_id, row FROM features"
+                                 " ORDER BY video_id, modality, layout").fetchall()
+
+    def mark_pending(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Forget the features of (video_id, modality) pairs and set their `extract:<modality>`
+        stage pending (no status row, as before its first extract), in one transaction: the
+        next `extract` redoes exactly them."""
+        pairs = sorted(set(pairs))
+        with self.transaction() as c:
+            c.executemany("DELETE FROM features WHERE video_id=? AND modality=?", pairs)
+            c.executemany("DELETE FROM stages WHERE video_id=? AND stage=?", [(v, f"extract:{m}") for v, m in pairs])
+        return len(pairs)

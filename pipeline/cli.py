@@ -6,109 +6,51 @@
     run_pipeline.py extract --out DIR [--engine local|ray]
     run_pipeline.py complete --out DIR
     run_pipeline.py train --out DIR --model NAME [--folds K] [--nproc N]
-    run_pipeline.py evaluate --out DIR --run NAME
-    run_pipeline.py predict --out DIR --run NAME [--videos DIR]
+    run_pipeline.py evaluate --out DIR --run NAME [--split val|test|train|all]
+    run_pipeline.py predict --out DIR --run NAME [--videos DIR] [--top-k K]
     run_pipeline.py import yt8m SHARDS... --out DIR | import features SPEC.yaml --out DIR
     run_pipeline.py status --out DIR
+    run_pipeline.py verify --out DIR [--repair]   # shards, checksums, rows, orphans, sqlite integrity
 
-Every command takes trailing `key=value` config overrides and `--device auto|cpu|cuda`.
-Exit status: 0 all good, 1 something failed (listed in the summary), 2 bad usage.
+Every command takes the same options: --out, --config, --device, --progress/--no-progress,
+--debug, and trailing `key=value` config overrides (read strictly: an unknown key is an error).
+Exit status: 0 all good, 1 something failed (listed), 2 bad usage. An error is one red line;
+`--debug` (or MICROVIDEO_DEBUG=1) adds the traceback.
+
+Adding a command: a stage here, a tool in `cli_tools.py`; a function taking the option set of
+`cli_common.py`, `cfg = make_cfg(...)` first, the module it runs imported inside it (so `scan`,
+`status` and `--help` never import torch), its result printed with `show` (a rich table).
 """
 from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager, nullcontext
+import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .catalog import Catalog, OutputLock
-from .config import load_config
+from . import cli_tools  # noqa: F401  (registers verify, import, serve, weights, export, report)
+from .cli_common import (CONFIG, DEBUG, DEVICE, OUT, OVERRIDES, PROGRESS, RUNS, app, console, err_console, locked,
+                         make_cfg, show, status_exit)
+from .errors import UsageError, exit_code, one_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Raw micro-videos in, multimodal features and trained classifiers out.")
-import_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Import precomputed features into a store.")
-app.add_typer(import_app, name="import")
-console = Console()
-
-OUT = typer.Option(Path("out"), "--out", "-o", help="Output folder (catalog, store, runs).")
-CONFIG = typer.Option(None, "--config", "-c", help="YAML merged over configs/.")
-DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda")
-OVERRIDES = typer.Argument(None, help="Config overrides, key=value (e.g. train.epochs=5).")
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+_ARGV: list[str] = []   # what main() was given (torchrun's workers get it again)
 
 
-def _cfg(config: Optional[Path], overrides: Optional[List[str]], device: Optional[str]):
-    overrides = list(overrides or [])
-    if device:
-        overrides.append(f"device={device}")
-    try:
-        return load_config(config, overrides)
-    except Exception as e:
-        console.print(f"[red]config error:[/] {e}")
-        raise typer.Exit(2)
-
-
-@contextmanager
-def _locked(out: Path):
-    """Hold the output folder's lock; a second run on the same folder exits with a message."""
-    try:
-        lock = OutputLock(out).__enter__()
-    except RuntimeError as e:
-        console.print(f"[red]refusing to run:[/] {e}")
-        raise typer.Exit(2)
-    try:
-        yield lock
-    finally:
-        lock.__exit__(None, None, None)
-
-
-def print_status(out: Path) -> int:
-    """Counts per stage and every failed video with its reason; returns the number of failures."""
-    if not (out / "catalog.sqlite").exists():
-        console.print(f"[red]{out} has no catalog yet[/] (run scan first)")
-        return 0
-    catalog = Catalog(out / "catalog.sqlite")
-    try:
-        videos = catalog.videos()
-        counts = catalog.stage_counts()
-        table = Table(title=f"{out}: {len(videos)} videos")
-        for col in ("stage", "done", "missing", "failed", "pending"):
-            table.add_column(col, justify="right" if col != "stage" else "left")
-        table.add_row("scan", str(len(videos)), "", "", "")
-        for stage in sorted(counts, key=lambda s: (s != "decode", s)):
-            c = counts[stage]
-            pending = len(videos) - sum(c.values())
-            table.add_row(stage, str(c.get("done", 0)), str(c.get("missing", 0)), str(c.get("failed", 0)),
-                          str(max(pending, 0)))
-        console.print(table)
-        failures = catalog.failures()
-        if failures:
-            ft = Table(title=f"{len(failures)} failures")
-            for col in ("video", "stage", "reason"):
-                ft.add_column(col, overflow="fold")
-            for vid, _path, stage, error in failures:
-                ft.add_row(vid, stage, error or "")
-            console.print(ft)
-        return len(failures)
-    finally:
-        catalog.close()
-
-
+# -- the stages ------------------------------------------------------------------------------
 @app.command()
 def scan(videos: Path = typer.Option(..., "--videos", "-v", help="Folder of videos (searched recursively)."),
          labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="TSV (MultimodalVideoTag) / CSV / JSONL sidecar."),
-         out: Path = OUT, config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE,
-         overrides: Optional[List[str]] = OVERRIDES):
+         out: Path = OUT, config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE, progress: bool = PROGRESS,
+         debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
     """Index a videos folder (and titles/labels) into OUT/catalog.sqlite."""
-    from .stages import run_scan
+    from .scan import run_scan
 
-    cfg = _cfg(config, overrides, device)
-    with _locked(out):
+    cfg = make_cfg(config, overrides, device)
+    with locked(out):
         s = run_scan(cfg, out, videos, labels)
     console.print(f"scan: {s.found} videos ({s.new} new, {s.changed} changed, {s.unchanged} unchanged, "
                   f"{s.deleted} deleted); {s.labeled} labeled, {s.titled} titled")
@@ -122,144 +64,146 @@ def extract(out: Path = OUT, engine: str = typer.Option("local", help="local | r
             address: Optional[str] = typer.Option(None, help="Ray cluster address (engine=ray)."),
             limit: Optional[int] = typer.Option(None, help="Process at most this many videos."),
             config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE, progress: bool = PROGRESS,
-            overrides: Optional[List[str]] = OVERRIDES):
+            debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
     """Decode and extract every configured modality for videos not done yet (resumable)."""
-    cfg = _cfg(config, overrides, device)
-    with _locked(out):
+    if engine not in ("local", "ray"):
+        raise UsageError(f"unknown engine {engine!r} (local | ray)")
+    cfg = make_cfg(config, overrides, device)
+    with locked(out):
         if engine == "ray":
             from .ray_engine import run_extract_ray
 
             s = run_extract_ray(cfg, out, address=address, limit=limit)
-        elif engine == "local":
-            from .stages import run_extract
+        else:
+            from .extract import run_extract
 
             s = run_extract(cfg, out, progress=progress, limit=limit)
-        else:
-            console.print(f"[red]unknown engine {engine!r}[/] (local | ray)")
-            raise typer.Exit(2)
     console.print(f"extract: {s.decoded} decoded, {s.decode_failed} failed to decode, "
                   f"{s.videos_per_s:.2f} videos/s; " + ", ".join(
                       f"{m}: {c['done']} done/{c['missing']} missing/{c['failed']} failed" for m, c in s.per_modality.items()))
-    if print_status(out):
-        raise typer.Exit(1)
+    status_exit(out)
 
 
 @app.command()
 def complete(out: Path = OUT, config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE,
-             overrides: Optional[List[str]] = OVERRIDES):
+             progress: bool = PROGRESS, debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
     """Complete missing modalities by low-rank matrix factorization (new store version)."""
     from .complete import run_complete
 
-    cfg = _cfg(config, overrides, device)
-    with _locked(out):
-        result = run_complete(cfg, out)
-    console.print(result)
+    cfg = make_cfg(config, overrides, device)
+    with locked(out):
+        result = run_complete(cfg, out, progress=progress)
+    show("complete", result)
 
 
 @app.command()
 def train(out: Path = OUT, model: str = typer.Option("nmcl", "--model", "-m"),
           run_name: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: the model name)."),
-          resume: Optional[Path] = typer.Option(None, help="Checkpoint to resume from."),
-          folds: int = typer.Option(1, help="k-fold cross-validation when > 1."),
+          resume: Optional[Path] = typer.Option(None, help="Checkpoint (or run folder) to resume from."),
+          folds: int = typer.Option(1, help="k-fold cross-validation when > 1 (held-out folds)."),
           nproc: int = typer.Option(1, help="Processes for DistributedDataParallel (torchrun)."),
-          config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE,
-          overrides: Optional[List[str]] = OVERRIDES):
+          config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE, progress: bool = PROGRESS,
+          debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
     """Train a classifier on the store: best/last checkpoints, metrics.json, TensorBoard logs."""
-    from . import train as training
+    from .distributed import is_worker, launch_distributed, rank_world, teardown_distributed
 
-    if nproc > 1:  # this process holds the folder; the torchrun workers it starts skip the lock
-        with _locked(out):
-            code = training.launch_distributed(nproc, sys.argv[1:])
+    cfg = make_cfg(config, [*(overrides or []), *([] if progress else ["train.progress=false"])], device)
+    if nproc > 1 and not is_worker():   # this process holds the folder; the workers skip the lock
+        if not _ARGV:
+            raise UsageError("train --nproc N starts `run_pipeline.py train ...` again N times: run it from the "
+                             "command line (pipeline.cli.main), not from an embedded typer app")
+        with locked(out):
+            code = launch_distributed(nproc, _ARGV)
         raise typer.Exit(code)
-    cfg = _cfg(config, overrides, device)
-    with (nullcontext() if "WORLD_SIZE" in os.environ else _locked(out)):
+    with (nullcontext() if is_worker() else locked(out)):
         if folds > 1:
-            result = training.run_cross_validation(cfg, out, model, folds=folds)
+            from .crossval import run_cross_validation
+
+            result = run_cross_validation(cfg, out, model, folds=folds, run_name=run_name)
+            title, shown = f"{model}: {folds}-fold cross-validation, held-out folds", result["summary"]
         else:
-            result = training.run_train(cfg, out, model, run_name=run_name, resume=resume)
-    console.print({k: v for k, v in result.items() if not isinstance(v, (list, dict))} if isinstance(result, dict) else result)
+            from .train import run_train
+
+            result = run_train(cfg, out, model, run_name=run_name, resume=resume)
+            title = f"{model}: best epoch {result['best_epoch'] + 1} on val ({result['run_dir']})"
+            shown = {k: v for k, v in (result["best"] or {}).items() if k != "epoch"}
+    if rank_world()[0] == 0:   # torchrun workers: rank 0 speaks for all
+        show(title, shown)
+    teardown_distributed()
 
 
 @app.command()
-def evaluate(out: Path = OUT, run: List[str] = typer.Option(..., "--run", help="Run folder name under OUT/runs; "
-                                                           "give it several times to evaluate their ensemble."),
-             split: str = typer.Option("val"), config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE,
-             overrides: Optional[List[str]] = OVERRIDES):
+def evaluate(out: Path = OUT, run: List[str] = RUNS,
+             split: str = typer.Option("val", help="val | test | train | all"),
+             config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE, progress: bool = PROGRESS,
+             debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
     """Metrics of a trained run (or of the ensemble of several) on a split: printed as a table and
     saved as JSON (OUT/runs/RUN/eval-SPLIT.json; ensembles: OUT/ensembles/A+B/eval-SPLIT.json)."""
-    from .train import run_evaluate
+    from .evaluate import run_evaluate
 
-    cfg = _cfg(config, overrides, device)
+    cfg = make_cfg(config, overrides, device)
     run_evaluate(cfg, out, [out / "runs" / r for r in run], split=split)
 
 
 @app.command()
-def predict(out: Path = OUT, run: List[str] = typer.Option(..., "--run", help="Run folder name under OUT/runs; "
-                                                          "several: their ensemble (mean probability)."),
+def predict(out: Path = OUT,
+            run: Optional[List[str]] = typer.Option(None, "--run", help="Run folder name under OUT/runs; several: "
+                                                    "their ensemble (mean probability). Not with --zero-shot."),
             output: Optional[Path] = typer.Option(None, help="JSONL file (default OUT/runs/RUN/predictions.jsonl, "
                                                              "ensembles OUT/ensembles/A+B/predictions.jsonl)."),
-            videos: Optional[Path] = typer.Option(None, "--videos", help="New videos: scanned and extracted first."),
-            top_k: int = typer.Option(5), threshold: Optional[float] = typer.Option(None),
+            zero_shot: bool = typer.Option(False, "--zero-shot", help="No trained run: score each video's image_text "
+                                           "embedding against label prompts (pipeline/zeroshot.py)."),
+            labels_from: Optional[Path] = typer.Option(None, "--labels-from", help="Zero-shot labels: one per line "
+                                                       "(or a .json list)."),
+            template: Optional[str] = typer.Option(None, "--template", help="Zero-shot prompt with {label} (default "
+                                                   "extractors.image_text.zero_shot.template: 'a video of {label}')."),
+            videos: Optional[Path] = typer.Option(None, "--videos", help="New videos, kept apart from the training "
+                                                                         "set (pipeline/predict.py)."),
+            top_k: Optional[int] = typer.Option(None, "--top-k", help="Labels per video (default: run.top_k)."),
+            threshold: Optional[float] = typer.Option(None, help="Keep labels with p >= this (default: run.threshold)."),
             config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE, progress: bool = PROGRESS,
-            overrides: Optional[List[str]] = OVERRIDES):
+            debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
     """Top-k / thresholded labels with scores per video (JSONL, MultimodalVideoTag style)."""
-    from .train import ensemble_dir, run_predict
+    cfg = make_cfg(config, overrides, device)
+    top_k = cfg.run.top_k if top_k is None else top_k
+    threshold = cfg.run.threshold if threshold is None else threshold
+    if zero_shot:
+        from .config import resolve_device
+        from .zeroshot import read_labels, run_zero_shot
 
-    cfg = _cfg(config, overrides, device)
-    video_ids = None
-    if videos is not None:
-        from .scan import find_videos
-        from .stages import run_extract, run_scan
-
-        with _locked(out):
-            run_scan(cfg, out, videos)
-            run_extract(cfg, out, progress=progress)
-        root = videos.resolve()
-        video_ids = [p.relative_to(root).as_posix() for p in find_videos(root, cfg.scan.extensions)]
+        if labels_from is None or run:
+            raise UsageError("--zero-shot needs --labels-from FILE and takes no --run")
+        path = run_zero_shot(cfg, out, read_labels(labels_from), output, template=template, top_k=top_k,
+                             threshold=threshold, device=resolve_device(cfg.device))
+        console.print(f"zero-shot predictions written to {path}")
+        return
+    if not run:
+        raise UsageError("predict needs --run NAME (or --zero-shot --labels-from FILE)")
     run_dirs = [out / "runs" / r for r in run]
-    folder = run_dirs[0] if len(run_dirs) == 1 else ensemble_dir(out, run_dirs)
-    path = run_predict(cfg, out, run_dirs, output or folder / "predictions.jsonl",
-                       top_k=top_k, threshold=threshold, video_ids=video_ids)
+    if videos is not None:
+        from .predict import predict_videos
+
+        path = predict_videos(cfg, out, run_dirs, videos, output, top_k=top_k, threshold=threshold, progress=progress)
+    else:
+        from .evaluate import ensemble_dir, run_predict
+
+        folder = run_dirs[0] if len(run_dirs) == 1 else ensemble_dir(out, run_dirs)
+        path = run_predict(cfg, out, run_dirs, output or folder / "predictions.jsonl", top_k=top_k, threshold=threshold)
     console.print(f"predictions written to {path}")
 
 
 @app.command()
-def status(out: Path = OUT):
-    """Counts per stage and the failed videos with their reasons."""
-    if print_status(out):
-        raise typer.Exit(1)
-
-
-@import_app.command("yt8m")
-def import_yt8m_cmd(shards: List[Path] = typer.Argument(..., help="YouTube-8M TFRecord shards."),
-                    out: Path = OUT, split: Optional[str] = typer.Option(None, help="train | val | test"),
-                    vocabulary: Optional[Path] = typer.Option(None, help="vocabulary.csv (label names)."),
-                    config: Optional[Path] = CONFIG,
-                    overrides: Optional[List[str]] = typer.Option(None, "--set", help="key=value config override (repeatable).")):
-    """YouTube-8M video- or frame-level TFRecord shards (no TensorFlow needed)."""
-    from .importers import import_yt8m
-
-    cfg = _cfg(config, overrides, None)
-    with _locked(out):
-        summary = import_yt8m([str(s) for s in shards], out, vocabulary=vocabulary, split=split, cfg=cfg)
-    console.print(summary)
-    if summary.get("corrupt_records"):
-        raise typer.Exit(1)
-
-
-@import_app.command("features")
-def import_features_cmd(spec: Path = typer.Argument(..., help="YAML spec (see configs/importers/)."),
-                        out: Path = OUT):
-    """Generic .npy / .npz / CSV features described by a YAML spec."""
-    from .importers import import_features
-
-    with _locked(out):
-        summary = import_features(spec, out)  # a malformed file or spec raises, naming it
-    console.print(summary)
+def status(out: Path = OUT, config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE,
+           progress: bool = PROGRESS, debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
+    """Counts per stage and the failed videos with their reasons (exit 1 when any failed)."""
+    if config or overrides or device:   # only read the config (omegaconf) when asked: status starts fast
+        make_cfg(config, overrides, device)   # a mistyped key is an error here too
+    status_exit(out)
 
 
 @app.command("demo-data")
-def demo_data(folder: Path = typer.Argument(Path("demo_data")), per_class: int = typer.Option(12)):
+def demo_data(folder: Path = typer.Argument(Path("demo_data")), per_class: int = typer.Option(12),
+              debug: bool = DEBUG):
     """Write the labeled synthetic micro-video set (h264 + AAC mp4, titles, some silent/untitled)."""
     from .demo import make_demo_dataset
 
@@ -269,15 +213,15 @@ def demo_data(folder: Path = typer.Argument(Path("demo_data")), per_class: int =
 
 @app.command()
 def run(videos: Path = typer.Option(..., "--videos", "-v"), labels: Optional[Path] = typer.Option(None, "--labels", "-l"),
-        out: Path = OUT, model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: cfg.run.model."),
-        folds: Optional[int] = typer.Option(None, help="k-fold cross-validation (default: cfg.run.folds)."),
+        out: Path = OUT, model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: run.model."),
+        folds: Optional[int] = typer.Option(None, help="k-fold cross-validation (default: run.folds)."),
         config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE, progress: bool = PROGRESS,
-        overrides: Optional[List[str]] = OVERRIDES):
-    """Every stage: scan, decode+extract, complete, train, predict, evaluate."""
-    from .pipeline_run import run_all
+        debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
+    """Every stage in one process: scan, decode+extract, complete, train, predict, evaluate (held out)."""
+    from .run import run_all
 
-    cfg = _cfg(config, overrides, device)
-    with _locked(out):
+    cfg = make_cfg(config, overrides, device)
+    with locked(out):
         ok = run_all(cfg, out, videos, labels, model=model, folds=folds, progress=progress, console=console)
     raise typer.Exit(0 if ok else 1)
 
@@ -285,26 +229,63 @@ def run(videos: Path = typer.Option(..., "--videos", "-v"), labels: Optional[Pat
 @app.command()
 def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic videos go."),
          out: Path = typer.Option(Path("demo_out"), "--out", "-o"), per_class: int = typer.Option(12),
-         device: Optional[str] = DEVICE, progress: bool = PROGRESS, overrides: Optional[List[str]] = OVERRIDES):
-    """The built-in demo: synthetic labeled videos, then every stage (configs/presets/demo.yaml)."""
+         config: Optional[Path] = CONFIG, device: Optional[str] = DEVICE, progress: bool = PROGRESS,
+         debug: bool = DEBUG, overrides: Optional[List[str]] = OVERRIDES):
+    """The built-in demo: synthetic labeled videos, then every stage (configs/presets/demo.yaml,
+    then --config on top)."""
     from .config import CONFIG_DIR
     from .demo import make_demo_dataset
-    from .pipeline_run import run_all
+    from .run import run_all
 
+    cfg = make_cfg([CONFIG_DIR / "presets" / "demo.yaml", *([config] if config else [])], overrides, device)
     labels = make_demo_dataset(data, per_class=per_class)
-    cfg = _cfg(CONFIG_DIR / "presets" / "demo.yaml", overrides, device)
-    with _locked(out):
+    with locked(out):
         ok = run_all(cfg, out, data / "videos", labels, progress=progress, console=console)
     raise typer.Exit(0 if ok else 1)
 
 
-COMMANDS = {"scan", "extract", "complete", "train", "evaluate", "predict", "status", "import", "demo",
-            "demo-data", "run", "--help", "-h"}
+# -- the entry point -------------------------------------------------------------------------
+def _weights_dir(argv: list[str]) -> list[str]:
+    """`--weights-dir DIR` anywhere on the line (any command): DIR becomes TORCH_HOME and HF_HOME
+    before anything imports torch or transformers (pipeline/weights.py)."""
+    for i, arg in enumerate(argv):
+        if arg == "--weights-dir" or arg.startswith("--weights-dir="):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
+            if not value:   # left for typer to report as a bad option
+                return argv
+            from .weights import use_weights_dir
+
+            use_weights_dir(value)
+            return argv[:i] + argv[i + (1 if "=" in arg else 2):]
+    return argv
+
+
+def _commands() -> set[str]:
+    """Every subcommand and command group registered on `app` (so adding one needs no list)."""
+    names = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    return names | {g.name for g in app.registered_groups} | {"--help", "-h"}
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`run_pipeline.py ...`: project errors become one red line and exit 1 (failure) or 2
+    (usage); anything else is a bug and keeps its traceback."""
+    global _ARGV
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MICROVIDEO_DEBUG", "") not in ("", "0")
+    argv = _weights_dir(argv)
+    if argv and argv[0] == "--debug":   # `run_pipeline.py --debug CMD ...`: the option belongs to CMD
+        argv = argv[1:] + ["--debug"]
     # `run_pipeline.py --videos DIR ...` (no subcommand) means `run`.
-    if argv and argv[0] not in COMMANDS:
+    if argv and argv[0] not in _commands():
         argv = ["run"] + argv
-    app(args=argv, prog_name="run_pipeline.py")
+    _ARGV = argv
+    try:
+        app(args=argv, prog_name="run_pipeline.py")
+    except Exception as e:
+        code = exit_code(e)
+        if code is None or debug:
+            traceback.print_exc()
+        if code is None:
+            sys.exit(1)
+        err_console.print(f"[red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)
+        sys.exit(code)

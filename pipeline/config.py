@@ -4,38 +4,104 @@
     configs/<section>.yaml            -> cfg.<section>          (e.g. complete.yaml, train.yaml)
     configs/extractors/<name>.yaml    -> cfg.extractors.<name>
     configs/models/<name>.yaml        -> cfg.models.<name>
+    configs/importers/yt8m.yaml       -> cfg.importers.yt8m   (the other files there are import specs)
     --config FILE                     -> merged on top
     key=value overrides               -> merged last (OmegaConf dotlist syntax)
 
-Every output of the pipeline records the resolved config (`to_dict`).
+These YAML files are the only defaults: every key the code reads is declared (and commented)
+in one of them, and the config is read strictly (OmegaConf struct mode), so a mistyped key
+(`train.epoch=5`) is an error naming the key it probably meant (`train.epochs`), never a
+silently ignored setting. `extractors.*` and `models.*` stay open: an extractor or model reads
+its own section and may take options its YAML does not list (they are recorded with its
+outputs). Every output of the pipeline records the resolved config (`to_dict`).
 """
 from __future__ import annotations
 
 import functools
 import platform
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from .errors import NotFound, UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+OPEN_GROUPS = ("extractors", "models")   # sections owned by the extractor / model that reads them
 
 
-def load_config(config_file: str | Path | None = None, overrides: Iterable[str] = ()) -> DictConfig:
+class ConfigError(UsageError):
+    """An unknown key, a malformed override or an unreadable --config file."""
+
+
+def defaults() -> DictConfig:
+    """configs/ merged into one tree (no --config, no overrides), struct mode on."""
     cfg = OmegaConf.load(CONFIG_DIR / "pipeline.yaml")
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         if path.name != "pipeline.yaml":
             cfg[path.stem] = OmegaConf.load(path)
-    for group in ("extractors", "models"):
+    for group in OPEN_GROUPS:
         cfg[group] = {p.stem: OmegaConf.load(p) for p in sorted((CONFIG_DIR / group).glob("*.yaml"))}
-    if config_file is not None:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(config_file))
+    cfg["importers"] = {"yt8m": OmegaConf.load(CONFIG_DIR / "importers" / "yt8m.yaml")}
+    OmegaConf.set_struct(cfg, True)
+    for group in OPEN_GROUPS:
+        OmegaConf.set_struct(cfg[group], False)
+    return cfg
+
+
+def _known_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items_ex(resolve=False):
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, DictConfig) and k not in OPEN_GROUPS:
+            keys += _known_keys(v, full + ".")
+    return keys
+
+
+def _unknown_key(e: ConfigKeyError, base: DictConfig, where: str) -> ConfigError:
+    import difflib
+
+    key = getattr(e, "full_key", None) or str(e)
+    close = difflib.get_close_matches(key, _known_keys(base), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; every key is declared in configs/*.yaml"
+    return ConfigError(f"unknown config key {key} ({where}){hint}")
+
+
+def _merge(cfg: DictConfig, other: DictConfig, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except ConfigKeyError as e:
+        raise _unknown_key(e, cfg, where) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+
+
+def load_config(config_file: str | Path | Sequence[str | Path] | None = None,
+                overrides: Iterable[str] = ()) -> DictConfig:
+    """The defaults, then each --config file in order (a preset first, say), then the overrides."""
+    cfg = defaults()
+    files = [] if config_file is None else [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
+    for config_file in files:
+        if not Path(config_file).is_file():
+            raise NotFound(f"--config {config_file}: no such file")
+        try:
+            extra = OmegaConf.load(config_file)
+        except Exception as e:
+            raise ConfigError(f"--config {config_file} is not valid YAML: {str(e).splitlines()[0]}") from None
+        cfg = _merge(cfg, extra, f"in {config_file}")
     overrides = list(overrides)
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
-            raise ValueError(f"overrides must look like key=value, got {bad}")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+            raise ConfigError(f"overrides must look like key=value, got {' '.join(bad)}")
+        try:
+            dotlist = OmegaConf.from_dotlist(overrides)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+        cfg = _merge(cfg, dotlist, "on the command line")
     return cfg
 
 
@@ -49,16 +115,19 @@ def versions() -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def _versions() -> dict:  # importing torchvision/transformers to read a version is slow: once
-    import numpy
-    import torch
+def _versions() -> dict:
+    """Read from the installed packages' metadata: importing torchvision or transformers just to
+    read a version costs seconds of start-up."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
-           "pipeline": __import__("pipeline").__version__, "platform": platform.platform()}
-    for name in ("torchvision", "torchaudio", "decord", "av", "transformers", "sklearn"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # an optional library that is not installed is simply not recorded
+    out = {"python": platform.python_version(), "pipeline": __import__("pipeline").__version__,
+           "platform": platform.platform()}
+    for module, dist in (("numpy", "numpy"), ("torch", "torch"), ("torchvision", "torchvision"),
+                         ("torchaudio", "torchaudio"), ("decord", "decord"), ("av", "av"),
+                         ("transformers", "transformers"), ("sklearn", "scikit-learn")):
+        try:   # an imported module's own string when loaded (torch's carries the CUDA build: +cu130)
+            out[module] = getattr(sys.modules.get(module), "__version__", None) or version(dist)
+        except PackageNotFoundError:  # an optional library that is not installed is simply not recorded
             pass
     return out
 
@@ -69,5 +138,5 @@ def resolve_device(name: str = "auto") -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} was asked for but torch sees no CUDA device")
+        raise UsageError(f"device={name} was asked for but torch sees no CUDA device (use --device cpu)")
     return name

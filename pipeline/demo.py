@@ -4,12 +4,15 @@ Used for the built-in demo (`run_pipeline.py demo`) and for unit tests. Each cla
 colour, stripe texture, motion direction, tone and title words, so every modality carries
 signal; some clips are silent and some have no title, so missing modalities occur.
 Claims about quality and speed are made on real data (`../shared/data`), never on these.
+
+Every ffmpeg command line the project runs (here, in the tests' fixtures, in benches) is built
+with ffmpeg-python and run by `ffmpeg_run`, with the binary of `ffmpeg_exe()`; a failure is one
+`FFmpegError` line that ends with ffmpeg's own stderr tail.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,36 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg exited with an error; the message is one line ending in ffmpeg's stderr tail."""
+
+
+def stderr_tail(stderr: bytes | str | None, lines: int = 3, chars: int = 400) -> str:
+    """The last non-empty lines of ffmpeg's stderr on one line (' | ' between them)."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else (stderr or "")
+    tail = " | ".join([x.strip() for x in text.splitlines() if x.strip()][-lines:])
+    return tail[-chars:] or "(no output on stderr)"
+
+
+def ffmpeg_run(stream, capture_stdout: bool = False, loglevel: str | None = "error") -> tuple[bytes, bytes]:
+    """Run an ffmpeg-python output stream (e.g. `ffmpeg.input(a).output(b, c="copy")`) with
+    `ffmpeg_exe()`, overwriting outputs, never reading stdin. Returns (stdout, stderr) bytes
+    (stdout only when captured). `loglevel=None` keeps ffmpeg's default log (its progress
+    lines, e.g. to count decoded frames). Raises FFmpegError with the stderr tail."""
+    import ffmpeg
+
+    extra = ["-nostdin"] + (["-loglevel", loglevel] if loglevel else [])
+    stream = stream.global_args(*extra)
+    try:
+        out, err = stream.run(cmd=ffmpeg_exe(), capture_stdout=capture_stdout, capture_stderr=True,
+                              overwrite_output=True)
+    except ffmpeg.Error as e:
+        raise FFmpegError(f"ffmpeg {' '.join(stream.get_args())[:200]} failed: {stderr_tail(e.stderr)}") from None
+    except FileNotFoundError as e:  # the binary itself is gone
+        raise FFmpegError(f"ffmpeg binary {ffmpeg_exe()} cannot be run: {e}") from None
+    return out or b"", err or b""
 
 
 def moving_stripes(num_frames: int, height: int, width: int, color=(200, 60, 60), period: int = 16,
@@ -159,8 +192,9 @@ def make_bad_inputs(folder: str | Path) -> dict[str, Path]:
     out["zero_byte"].write_bytes(b"")
     out["truncated"].write_bytes(data[: len(data) // 3])
     out["text_as_mp4"].write_text("this is not a video, just text renamed to .mp4\n" * 20)
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(good), "-vn", "-c:a", "copy",
-                    str(out["audio_only"])], check=True)
+    import ffmpeg
+
+    ffmpeg_run(ffmpeg.input(str(good)).output(str(out["audio_only"]), vn=None, acodec="copy"))
     write_clip(out["no_audio"], moving_stripes(40, 96, 128, velocity=(0, 2)), 25, None)
     good.unlink()
     return out

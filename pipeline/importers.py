@@ -27,8 +27,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from .catalog import Catalog, VideoRow
-from .config import CONFIG_DIR, to_dict, versions
+from .errors import DataError
+from .config import to_dict, versions
 from .store import FeatureStore
+from .timeline import sequence_times
 from .tfrecord import CorruptRecord, TFRecordError, parse_sequence_example, read_records
 
 ON_ERROR = ("raise", "skip_record", "skip_file")
@@ -52,17 +54,18 @@ def dequantize(x: np.ndarray, max_value: float = 2.0, min_value: float = -2.0) -
 
 
 def _yt8m_options(cfg) -> dict:
-    """configs/importers/yt8m.yaml, overridden by `importers.yt8m.*` of the run's config."""
-    opts = OmegaConf.load(CONFIG_DIR / "importers" / "yt8m.yaml")
-    if cfg is not None and OmegaConf.select(cfg, "importers.yt8m") is not None:
-        opts = OmegaConf.merge(opts, cfg.importers.yt8m)
-    return to_dict(opts)
+    """`importers.yt8m` of the run's config (configs/importers/yt8m.yaml, then overrides)."""
+    if cfg is None:
+        from .config import load_config
+
+        cfg = load_config()
+    return to_dict(cfg.importers.yt8m)
 
 
 def _decode_yt8m(context: dict, lists: dict, opts: dict) -> tuple[str, list[int], dict, dict]:
     """One record -> (video id, label ids, {modality: pooled}, {modality: sequence})."""
     if "id" not in context or not context["id"]:
-        raise ValueError("no 'id' feature")
+        raise DataError("no 'id' feature")
     video_id = context["id"][0].decode("utf-8")
     labels = [int(x) for x in context.get("labels", [])]
     pooled, sequence = {}, {}
@@ -70,16 +73,59 @@ def _decode_yt8m(context: dict, lists: dict, opts: dict) -> tuple[str, list[int]
         for modality, name in opts["frame_features"].items():
             frames = lists.get(name)
             if not frames:
-                raise ValueError(f"no frame feature {name!r}")
+                raise DataError(f"no frame feature {name!r}")
             q = np.stack([np.frombuffer(f[0], np.uint8) for f in frames])
             sequence[modality] = dequantize(q, opts["max_quantized_value"], opts["min_quantized_value"])
             pooled[modality] = sequence[modality].mean(0)
     else:      # video-level Example: float lists
         for modality, name in opts["video_features"].items():
             if name not in context:
-                raise ValueError(f"no feature {name!r}")
+                raise DataError(f"no feature {name!r}")
             pooled[modality] = np.asarray(context[name], np.float32)
     return video_id, labels, pooled, sequence
+
+
+def _read_yt8m_file(path: str, on_error: str, opts: dict, names: list[str], seen: set, summary: dict,
+                    report) -> tuple[list[VideoRow], list[tuple], int]:
+    """(catalog rows, (video_id, pooled, sequence) features, records read) of one shard; `names`
+    grows with label ids past the vocabulary, `report` gets every corrupt record."""
+    rows, feats, read = [], [], 0
+    for offset, data in read_records(path, on_error, report=report):
+        read += 1
+        try:
+            video_id, label_ids, pooled, sequence = _decode_yt8m(*parse_sequence_example(data), opts)
+        except ValueError as e:
+            bad = CorruptRecord(path, offset, f"unusable record: {e}")
+            if on_error == "raise":
+                raise TFRecordError(bad) from e
+            report(bad)
+            if on_error == "skip_file":
+                break
+            continue
+        if label_ids and max(label_ids) >= len(names):  # ids past the vocabulary keep a name
+            names += [f"label_{i}" for i in range(len(names), max(label_ids) + 1)]
+        summary["duplicates"] += video_id in seen
+        seen.add(video_id)
+        rows.append(VideoRow(video_id, labels=[names[i] for i in label_ids], split=summary["split"]))
+        feats.append((video_id, pooled, sequence))
+    return rows, feats, read
+
+
+def _write_yt8m(store, writers: dict, feats: list[tuple], meta: dict, summary: dict) -> None:
+    """Hand one shard's features to the writers (one per modality, opened on first sight)."""
+    for video_id, pooled, sequence in feats:
+        for modality, vector in pooled.items():
+            if modality not in writers:
+                dims = {"pooled": vector.shape[-1]}
+                if modality in sequence:
+                    dims["sequence"] = sequence[modality].shape[-1]
+                writers[modality] = store.writer(modality, dims=dims, meta=meta)
+                summary["layouts"].update(dims)
+            layouts, times = {"pooled": vector}, None
+            if modality in sequence:  # YouTube-8M frame features: one per second
+                layouts["sequence"] = sequence[modality]
+                times = sequence_times(len(sequence[modality]), fps=1.0)
+            writers[modality].add(video_id, times=times, **layouts)
 
 
 def import_yt8m(paths: Iterable[str | Path], out_dir: str | Path, vocabulary: str | Path | None = None,
@@ -95,12 +141,9 @@ def import_yt8m(paths: Iterable[str | Path], out_dir: str | Path, vocabulary: st
     opts = _yt8m_options(cfg)
     on_error = on_error or opts["on_error"]
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        raise DataError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     out_dir = Path(out_dir)
-    cat = Catalog(out_dir / "catalog.sqlite")
-    store_cfg = cfg.store if cfg is not None and "store" in cfg else {}
-    store = FeatureStore(out_dir, cat, shard_size=store_cfg.get("shard_size", 256),
-                         dtype=store_cfg.get("dtype", "float16"))
+    cat, store = _open(cfg, out_dir)
     names = read_vocabulary(vocabulary) if vocabulary else list(cat.get_meta("class_names") or [])
     started = time.perf_counter()
     problems: list[CorruptRecord] = []
@@ -112,38 +155,9 @@ def import_yt8m(paths: Iterable[str | Path], out_dir: str | Path, vocabulary: st
             "options": opts, "versions": versions()}
     try:
         for path in map(str, paths):
-            rows, feats, read = [], [], 0
-            for offset, data in read_records(path, on_error, report=problems.append):
-                read += 1
-                try:
-                    video_id, label_ids, pooled, sequence = _decode_yt8m(*parse_sequence_example(data), opts)
-                except ValueError as e:
-                    bad = CorruptRecord(path, offset, f"unusable record: {e}")
-                    if on_error == "raise":
-                        raise TFRecordError(bad) from e
-                    problems.append(bad)
-                    if on_error == "skip_file":
-                        break
-                    continue
-                if label_ids and max(label_ids) >= len(names):  # ids past the vocabulary keep a name
-                    names += [f"label_{i}" for i in range(len(names), max(label_ids) + 1)]
-                summary["duplicates"] += video_id in seen
-                seen.add(video_id)
-                rows.append(VideoRow(video_id, labels=[names[i] for i in label_ids], split=split))
-                feats.append((video_id, pooled, sequence))
+            rows, feats, read = _read_yt8m_file(path, on_error, opts, names, seen, summary, problems.append)
             cat.upsert_videos(rows)  # rows first: the store's feature rows point at them
-            for video_id, pooled, sequence in feats:
-                for modality, vector in pooled.items():
-                    if modality not in writers:
-                        dims = {"pooled": vector.shape[-1]}
-                        if modality in sequence:
-                            dims["sequence"] = sequence[modality].shape[-1]
-                        writers[modality] = store.writer(modality, dims=dims, meta=meta)
-                        summary["layouts"].update(dims)
-                    layouts = {"pooled": vector}
-                    if modality in sequence:
-                        layouts["sequence"] = sequence[modality]
-                    writers[modality].add(video_id, **layouts)
+            _write_yt8m(store, writers, feats, meta, summary)
             summary["files"] += 1
             summary["records"] += read
             summary["per_file"][path] = len(rows)
@@ -182,7 +196,7 @@ def _load_table(entry: dict, root: Path) -> dict[str, np.ndarray]:
         elif path.suffix == ".npy":
             table[path.stem] = np.load(path, allow_pickle=False)
         else:
-            raise ValueError(f"{path}: unsupported file type (use .npz, .npy or .csv)")
+            raise DataError(f"{path}: unsupported file type (use .npz, .npy or .csv)")
     for name, file in (entry.get("arrays") or {}).items():
         table[name] = np.load(root / file, allow_pickle=False)
     return table
@@ -254,18 +268,16 @@ def _carve_validation(rows: list[VideoRow], opts: dict) -> int:
     return moved
 
 
-def import_features(spec_yaml: str | Path, out_dir: str | Path, root: str | Path | None = None) -> dict:
-    """Import the feature set a YAML spec describes (see configs/importers/mosi.yaml).
+def _open(cfg, out_dir: Path) -> tuple[Catalog, FeatureStore]:
+    """OUT's catalog and store with the config's store settings (the defaults when cfg is None)."""
+    from .config import load_config
+    from .output import open_output
 
-    Relative file paths resolve against `root` (argument, else the spec's `root:`, itself relative
-    to the spec file's folder). Rows whose modality has any NaN are recorded as missing that
-    modality (not written), so models see them as absent.
-    """
-    spec_path = Path(spec_yaml)
-    spec = to_dict(OmegaConf.load(spec_path))
-    root = Path(root) if root is not None else (spec_path.parent / spec.get("root", ".")).resolve()
-    out_dir = Path(out_dir)
-    started = time.perf_counter()
+    return open_output(cfg if cfg is not None else load_config(), out_dir)
+
+
+def _read_spec_files(spec: dict, root: Path) -> tuple[list[VideoRow], dict[str, list[np.ndarray]]]:
+    """(catalog rows, {modality: [array per file]}) of every file the spec lists."""
     rows: list[VideoRow] = []
     features: dict[str, list[np.ndarray]] = {m: [] for m in spec["modalities"]}
     for entry in spec["files"]:
@@ -278,16 +290,35 @@ def import_features(spec_yaml: str | Path, out_dir: str | Path, root: str | Path
         for modality, selector in spec["modalities"].items():
             x = _select(table, selector, f"{entry.get('path')} modality {modality}")
             if len(x) != n:
-                raise ValueError(f"{entry.get('path')}: modality {modality} has {len(x)} rows, ids have {n}")
+                raise DataError(f"{entry.get('path')}: modality {modality} has {len(x)} rows, ids have {n}")
             features[modality].append(x)
+    return rows, features
+
+
+def import_features(spec_yaml: str | Path, out_dir: str | Path, root: str | Path | None = None, cfg=None) -> dict:
+    """Import the feature set a YAML spec describes (see configs/importers/mosi.yaml).
+
+    Relative file paths resolve against `root` (argument, else the spec's `root:`, itself relative
+    to the spec file's folder). Rows whose modality has any NaN are recorded as missing that
+    modality (not written), so models see them as absent.
+    """
+    from .export import import_parquet, is_parquet_export
+
+    if is_parquet_export(spec_yaml):  # this project's own Parquet export (pipeline/export.py)
+        return import_parquet(spec_yaml, out_dir)
+    spec_path = Path(spec_yaml)
+    spec = to_dict(OmegaConf.load(spec_path))
+    root = Path(root) if root is not None else (spec_path.parent / spec.get("root", ".")).resolve()
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    rows, features = _read_spec_files(spec, root)
     ids = [r.video_id for r in rows]
     if len(set(ids)) != len(ids):
         dup = sorted({v for v in ids if ids.count(v) > 1})[:5]
-        raise ValueError(f"video ids are not unique across the spec's files (e.g. {dup})")
+        raise DataError(f"video ids are not unique across the spec's files (e.g. {dup})")
     moved = _carve_validation(rows, spec["validation"]) if spec.get("validation") else 0
 
-    cat = Catalog(out_dir / "catalog.sqlite")
-    store = FeatureStore(out_dir, cat)
+    cat, store = _open(cfg, out_dir)
     meta = {"source": spec.get("name", spec_path.stem), "spec": spec, "spec_file": str(spec_path),
             "importer": "pipeline.importers.import_features", "versions": versions()}
     missing = {}

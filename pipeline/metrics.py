@@ -1,12 +1,18 @@
 """Evaluation metrics, computed from scores (probabilities) and multi-hot labels.
 
-Multi-class (one label per video): accuracy, micro / macro F1, micro / macro ROC-AUC.
-Multi-label: macro mAP, GAP@k (YouTube-8M), Hit@1, Hit@k, micro / macro F1 at a threshold,
-coverage, ranking loss, one-error, Hamming loss.
+Multi-class (one label per video): accuracy, micro / macro F1, micro / macro ROC-AUC, macro
+precision / recall, Hit@k for every k of `hit_at` (VideoTag reports Hit@1 and Hit@2).
+Multi-label: macro mAP, GAP@k (YouTube-8M; k = `top_k`, train.metric_k), Hit@k for every k of
+`hit_at` (train.hit_at; independent of GAP's k), micro / macro F1, precision and recall (Sun et
+al. Eq. 14-15) at a threshold, and MARNet's set: coverage, ranking loss, Hamming loss, one-error
+(with mAP).
 
-scikit-learn computes everything it has; GAP, Hit@k and one-error are written out here. Classes
-with no positive (or no negative) example in the evaluated set have no defined AP / ROC-AUC;
-they are left out of the macro averages, and `classes_scored` says how many were used.
+scikit-learn computes most of these; GAP, Hit@k, one-error, per-class AP (fast) and precision /
+recall are written out here and checked against scikit-learn or the definitions in
+tests/test_metrics.py. Classes with no positive (or no negative) example in the evaluated set
+have no defined AP / ROC-AUC; they are left out of the macro averages, and `classes_scored`
+says how many were used. Coverage is scikit-learn's `coverage_error` (how far down the ranking
+one must go to cover every true label, counting from 1; Zhang & Zhou's coverage is this minus 1).
 """
 from __future__ import annotations
 
@@ -32,7 +38,25 @@ def average_precision_per_class(scores: np.ndarray, labels: np.ndarray) -> np.nd
 
 
 
-def multiclass_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+def precision_recall(pred: np.ndarray, labels: np.ndarray, average: str = "micro") -> tuple[float, float]:
+    """Precision = TP / (TP + FP) and recall = TP / (TP + FN) (Sun et al. Eq. 14-15) of 0/1
+    predictions [N, C] against multi-hot labels: "micro" pools every (video, class) decision,
+    "macro" averages the per-class values, "samples" the per-video ones. An empty denominator
+    counts as 0 (scikit-learn's zero_division=0)."""
+    pred, y = np.asarray(pred) > 0, np.asarray(labels) > 0
+    axis = {"micro": None, "macro": 0, "samples": 1}[average]
+    tp = (pred & y).sum(axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(pred.sum(axis) > 0, tp / pred.sum(axis), 0.0)
+        r = np.where(y.sum(axis) > 0, tp / y.sum(axis), 0.0)
+    return float(np.mean(p)), float(np.mean(r))
+
+
+def _hits(scores: np.ndarray, labels: np.ndarray, hit_at) -> dict:
+    return {f"hit@{int(k)}": hit_at_k(scores, labels, min(int(k), scores.shape[1])) for k in hit_at}
+
+
+def multiclass_metrics(scores: np.ndarray, labels: np.ndarray, hit_at=(1,)) -> dict:
     """scores [N, C] class probabilities, labels [N, C] one-hot (or [N] class indices)."""
     scores = np.asarray(scores, np.float64)
     n, c = scores.shape
@@ -42,6 +66,9 @@ def multiclass_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
            "micro_f1": skm.f1_score(y, pred, average="micro", zero_division=0),
            "macro_f1": skm.f1_score(y, pred, average="macro", zero_division=0)}  # classes seen in y or pred
     onehot = np.eye(c)[y]
+    seen = (onehot.sum(0) > 0) | (np.eye(c)[pred].sum(0) > 0)    # as scikit-learn's macro: labels in y or pred
+    out["macro_precision"], out["macro_recall"] = precision_recall(np.eye(c)[pred][:, seen], onehot[:, seen], "macro")
+    out.update(_hits(scores, onehot, hit_at))
     keep = (onehot.sum(0) > 0) & (onehot.sum(0) < n)   # ROC-AUC needs positives and negatives
     out["classes_scored"] = int(keep.sum())
     if keep.sum() >= 1:
@@ -78,8 +105,10 @@ def hit_at_k(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     return float(np.take_along_axis(labels, top, 1).any(1).mean())
 
 
-def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5, top_k: int = 20) -> dict:
-    """scores [N, C] per-class probabilities, labels [N, C] multi-hot."""
+def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5, top_k: int = 20,
+                       hit_at=(1, 5)) -> dict:
+    """scores [N, C] per-class probabilities, labels [N, C] multi-hot. GAP at `top_k`, Hit@k at
+    every k of `hit_at`."""
     scores = np.asarray(scores, np.float64)
     y = (np.asarray(labels) > 0).astype(int)
     pred = (scores >= threshold).astype(int)
@@ -88,13 +117,15 @@ def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float 
         "map": float(np.mean(average_precision_per_class(scores[:, has_pos], y[:, has_pos])))
         if has_pos.any() else float("nan"),
         f"gap@{top_k}": gap_at_k(scores, y, top_k),
-        "hit@1": hit_at_k(scores, y, 1),
-        f"hit@{min(top_k, 5)}": hit_at_k(scores, y, min(top_k, 5)),
+        **_hits(scores, y, hit_at),
         "micro_f1": skm.f1_score(y, pred, average="micro", zero_division=0),
         "macro_f1": skm.f1_score(y[:, has_pos], pred[:, has_pos], average="macro", zero_division=0)
         if has_pos.any() else float("nan"),
         "hamming_loss": skm.hamming_loss(y, pred),
     }
+    out["precision"], out["recall"] = precision_recall(pred, y, "micro")
+    out["macro_precision"], out["macro_recall"] = precision_recall(pred[:, has_pos], y[:, has_pos], "macro") \
+        if has_pos.any() else (float("nan"), float("nan"))
     rows = y.sum(1) > 0   # ranking metrics are undefined for a video without labels
     out["coverage"] = skm.coverage_error(y[rows], scores[rows]) if rows.any() else float("nan")
     out["ranking_loss"] = skm.label_ranking_loss(y[rows], scores[rows]) if rows.any() else float("nan")
@@ -105,10 +136,12 @@ def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float 
 
 
 def compute_metrics(scores: np.ndarray, labels: np.ndarray, multilabel: bool, threshold: float = 0.5,
-                    top_k: int = 20) -> dict:
+                    top_k: int = 20, hit_at=None) -> dict:
+    """Every metric of the task; `top_k` is GAP's k (train.metric_k), `hit_at` the list of Hit@k
+    (train.hit_at; default [1, 5] multi-label, [1] multi-class)."""
     if multilabel:
-        return multilabel_metrics(scores, labels, threshold, top_k)
-    return multiclass_metrics(scores, labels)
+        return multilabel_metrics(scores, labels, threshold, top_k, (1, 5) if hit_at is None else hit_at)
+    return multiclass_metrics(scores, labels, (1,) if hit_at is None else hit_at)
 
 
 def default_monitor(multilabel: bool, top_k: int = 20) -> str:

@@ -8,6 +8,11 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 
+def bar_columns(label: str) -> tuple:
+    """The columns every bar starts with: label, bar, done/total, elapsed."""
+    return TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+
+
 @contextmanager
 def video_progress(label: str, total: int, enabled: bool = True, unit: str = "videos") -> Iterator[Callable[[int], None]]:
     """`with video_progress("extract", n) as advance: advance(k)` draws
@@ -15,9 +20,8 @@ def video_progress(label: str, total: int, enabled: bool = True, unit: str = "vi
     if not enabled:
         yield lambda n=1: None
         return
-    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("[cyan]{task.fields[rate]}"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    columns = (*bar_columns(label), TaskProgressColumn(), TextColumn("[cyan]{task.fields[rate]}"),
+               TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task(label, total=total, rate=f"- {unit}/s")
 

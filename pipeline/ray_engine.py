@@ -23,7 +23,7 @@ Reusing `decode_stream` keeps the local engine's time limit (`decode.timeout_s`)
 handling and its failure messages, so both engines record the same reasons. The pool has
 `extract.ray.decode_workers` processes (default: the actor's CPUs) and lives for one batch.
 
-Config (`extract.ray`, every key optional):
+Config (`extract.ray` in configs/pipeline.yaml):
     actors: auto          # actor count; auto = cluster GPUs / gpus_per_actor, else CPUs / cpus_per_actor
     cpus_per_actor: 2     # CPUs Ray reserves per actor (its decoders run on them)
     gpus_per_actor: auto  # auto = 1 when device is cuda, or device is auto and the cluster has GPUs
@@ -32,7 +32,7 @@ Config (`extract.ray`, every key optional):
 
 The OUT folder must be the same path on every node (shared storage), and the code, the weights
 and the fitted extractor states (OUT/extractors/) must be reachable there too: see
-docs/scale_out.md.
+docs/scale-out.md.
 """
 from __future__ import annotations
 
@@ -43,27 +43,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import resolve_device, to_dict, versions
-from .decode import DecodeError, DecodeOptions
-from .stages import (ExtractSummary, _fit_extractors, build_extractors, decode_stream, extract_clips, open_output,
-                     videos_to_extract, worker_steps, write_json)
+from .decode import DecodeOptions
+from .extract import (ExtractSummary, build_extractors, extract_stream, finish_summary, fit_extractors, load_fitted,
+                      open_writers, plan_extract)
+from .io import write_json
 from .store import FeatureStore
 
-DEFAULTS = {"actors": "auto", "cpus_per_actor": 2, "gpus_per_actor": "auto", "decode_workers": None,
-            "batch_videos": 32}
-
-
 def ray_settings(cfg: DictConfig) -> dict:
-    """`extract.ray` over the defaults, as a plain dict."""
-    given = cfg.extract.get("ray") or {}
-    given = OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig) else dict(given)
-    unknown = set(given) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown extract.ray keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **given}
+    """`extract.ray` (declared in configs/pipeline.yaml; unknown keys are config errors) as a dict."""
+    return to_dict(cfg.extract.ray)
 
 
 def plan_resources(settings: dict, device: str, cluster: dict) -> dict:
@@ -90,18 +81,6 @@ def plan_resources(settings: dict, device: str, cluster: dict) -> dict:
             "decode_workers": int(decode_workers), "batch_videos": int(settings["batch_videos"])}
 
 
-def _load_fitted(extractors: dict, out_dir: Path) -> None:
-    """Corpus-fitted extractors load the state the driver fitted and saved (never fit here: every
-    actor must extract with the same state)."""
-    for name, ext in extractors.items():
-        if getattr(ext, "needs_fit", False):
-            path = out_dir / "extractors" / f"{name}.pt"
-            if not path.exists():
-                raise FileNotFoundError(f"{path} is missing on this node: OUT must be on storage shared by "
-                                        "the driver and every Ray worker")
-            ext.load_state_dict(torch.load(path, weights_only=False))
-
-
 class ExtractActor:
     """A Ray Data callable class: built once per actor, called once per batch of video rows."""
 
@@ -115,14 +94,11 @@ class ExtractActor:
         names = list(self.cfg.extract.modalities)
         # Same seed, same build order as the local engine: random-init weights come out equal.
         self.extractors = build_extractors(self.cfg, names, self.device)
-        _load_fitted(self.extractors, self.out_dir)
+        load_fitted(self.extractors, self.out_dir, required=True)
         # Worker-side store: shard files are written here, catalog records wait in `pending`.
         # No time-based flushing: every batch ends with a flush anyway.
         self.store = FeatureStore(self.out_dir, None, shard_size=self.cfg.store.shard_size, dtype=self.cfg.store.dtype)
-        run_meta = {"decode": to_dict(self.cfg.decode), "versions": versions(), "device": self.device, "engine": "ray"}
-        self.writers = {m: self.store.writer(m, meta={"extractor": self.extractors[m].metadata(),
-                                                      "config": to_dict(self.cfg.extractors[m]), **run_meta},
-                                             stage=f"extract:{m}") for m in names}
+        self.writers = open_writers(self.store, self.extractors, self.cfg, self.device, engine="ray")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # A batch whose titles are all None arrives as an Arrow null column (not None objects):
@@ -130,28 +106,19 @@ class ExtractActor:
         rows = [{"video_id": str(vid), "path": str(path), "title": title if isinstance(title, str) and title else None,
                  "need": [str(m) for m in need]}
                 for vid, path, title, need in zip(batch["video_id"], batch["path"], batch["title"], batch["need"])]
-        need = {r["video_id"]: r["need"] for r in rows}
         summary = ExtractSummary(videos_todo=len(rows))
-        decoded, failed, clips = [], [], []
+        decoded, failed = [], []
+
+        def on_decoded(facts, fails):
+            decoded.extend(facts)
+            failed.extend(fails)
+
         t0 = time.perf_counter()
-        step = int(self.cfg.extract.batch_videos)
-        for v, result in decode_stream(rows, self.options, self.decode_workers, self.cfg.decode.timeout_s,
-                                       window=max(8, 2 * step), prepare=worker_steps(self.extractors)):
-            if isinstance(result, DecodeError):
-                failed.append((v["video_id"], str(result)))
-                continue
-            decoded.append((result.video_id, result.duration, result.fps, result.width, result.height,
-                            int(result.has_audio)))
-            clips.append(result)
-            if len(clips) >= step:   # extractor batches as in the local engine
-                extract_clips(self.extractors, clips, need, self.writers, summary)
-                clips = []
-        if clips:
-            extract_clips(self.extractors, clips, need, self.writers, summary)
+        extract_stream(rows, self.extractors, self.writers, self.options, self.cfg, summary, self.decode_workers,
+                       on_decoded)
         for w in self.writers.values():
             w.flush()
         records, self.store.pending = self.store.pending, []
-        summary.decoded, summary.decode_failed = len(decoded), len(failed)
         summary.seconds["actor"] = time.perf_counter() - t0
         # One row per batch; pickled because store records are nested Python tuples.
         payload = {"decoded": decoded, "failed": failed, "records": records, "summary": asdict(summary)}
@@ -186,9 +153,9 @@ def _fit_on_driver(cfg: DictConfig, todo: list[dict], out_dir: Path) -> None:
                and not (out_dir / "extractors" / f"{m}.pt").exists()]
     if not missing:
         return
-    device = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = resolve_device("cpu" if cfg.device == "cpu" else "auto")
     extractors = build_extractors(cfg, names, device)
-    _fit_extractors(extractors, todo, cfg, out_dir, DecodeOptions.from_config(cfg.decode))
+    fit_extractors(extractors, todo, cfg, out_dir, DecodeOptions.from_config(cfg.decode))
 
 
 def run_extract_ray(cfg: DictConfig, out_dir: str | Path, address: str | None = None,
@@ -200,14 +167,8 @@ def run_extract_ray(cfg: DictConfig, out_dir: str | Path, address: str | None = 
     import ray
 
     out_dir = Path(out_dir).resolve()   # actors on other nodes open the same absolute path
-    catalog, store = open_output(cfg, out_dir)
-    store.collect_garbage()
-    names = list(cfg.extract.modalities)
-    todo = videos_to_extract(catalog, names, cfg.extract.retry_failed)[:limit]
-    summary = ExtractSummary(videos_todo=len(todo),
-                             per_modality={m: {"done": 0, "missing": 0, "failed": 0} for m in names})
+    catalog, store, names, todo, summary = plan_extract(cfg, out_dir, limit)
     if not todo:
-        catalog.close()
         return summary
     settings = ray_settings(cfg)
     started_ray = not ray.is_initialized()
@@ -233,8 +194,7 @@ def run_extract_ray(cfg: DictConfig, out_dir: str | Path, address: str | None = 
         catalog.close()
         if started_ray:
             ray.shutdown()
-    summary.seconds["wall"] = time.perf_counter() - start
-    summary.videos_per_s = len(todo) / max(summary.seconds["wall"], 1e-9)
+    finish_summary(summary, todo, start)
     write_json(out_dir / "summaries" / f"extract-ray-{time.strftime('%Y%m%d-%H%M%S')}.json",
                {"summary": asdict(summary), "engine": "ray", "ray": {"settings": settings, "plan": plan},
                 "config": to_dict(cfg), "versions": {**versions(), "ray": ray.__version__}})

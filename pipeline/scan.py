@@ -10,10 +10,16 @@ Sidecar formats (all give file, title, labels and optionally split):
     .jsonl      one object per line with the same keys; labels a list or a comma string
 Without labels in the sidecar, labels come from the first sub-folder (`fight/…` -> "fight")
 when `scan.labels_from_folders` is auto or true.
+
+Subtitles: a `.srt` / `.vtt` / `.ass` / `.ssa` file beside a video with the same stem
+(`clip.srt`, or a language-tagged `clip.en.srt`) is read with pysubs2 into time-stamped text,
+[(start_s, end_s, text), ...], stored in the catalog's `subtitles` column; decoding hands it to
+the extractors as `Clip.subtitles` (an embedded subtitle stream is used when there is none).
 """
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
 import os
@@ -40,6 +46,33 @@ class ScanSummary:
     labeled: int = 0
     titled: int = 0
     unmatched_sidecar: list[str] = field(default_factory=list)
+    subtitled: int = 0
+    subtitle_errors: list[str] = field(default_factory=list)   # "file: reason" of unreadable ones
+
+
+SUBTITLE_EXTENSIONS = (".srt", ".vtt", ".ass", ".ssa")
+
+
+def find_subtitle_file(video: Path) -> Path | None:
+    """The subtitle file beside `video`: same stem (`clip.srt`) first, then a language-tagged
+    one (`clip.en.srt`, the first in sorted order)."""
+    for ext in SUBTITLE_EXTENSIONS:
+        if (exact := video.with_suffix(ext)).is_file():
+            return exact
+    tagged = sorted(p for ext in SUBTITLE_EXTENSIONS for p in video.parent.glob(f"{glob.escape(video.stem)}.*{ext}")
+                    if p.is_file())
+    return tagged[0] if tagged else None
+
+
+def read_subtitles(path: str | Path) -> list[tuple[float, float, str]]:
+    """[(start_s, end_s, text), ...] of a subtitle file (pysubs2: SubRip, WebVTT, ASS/SSA),
+    in time order, formatting tags removed, comment lines and empty events dropped."""
+    import pysubs2
+
+    subs = pysubs2.load(str(path), encoding="utf-8")
+    events = [(round(e.start / 1000, 3), round(e.end / 1000, 3), e.plaintext.strip())
+              for e in subs.events if not e.is_comment]
+    return sorted(e for e in events if e[2])
 
 
 def _split_labels(value) -> list[str]:
@@ -166,7 +199,15 @@ def scan_folder(catalog: Catalog, videos_dir: str | Path, labels_file: str | Pat
             labels = [rel.split("/", 1)[0]]
         summary.labeled += bool(labels)
         summary.titled += entry.title is not None
-        rows.append(VideoRow(rel, str(path), st.st_size, st.st_mtime, digest, entry.title, labels, entry.split))
+        subtitles = None
+        if (sub_file := find_subtitle_file(path)) is not None:
+            try:
+                subtitles = read_subtitles(sub_file)
+                summary.subtitled += 1
+            except Exception as e:  # a broken sidecar costs only its subtitles, never the scan
+                summary.subtitle_errors.append(f"{sub_file.relative_to(root)}: {type(e).__name__}: {e}")
+        rows.append(VideoRow(rel, str(path), st.st_size, st.st_mtime, digest, entry.title, labels, entry.split,
+                             subtitles))
     found_ids = {r.video_id for r in rows}
     vanished = [vid for vid, v in known.items()
                 if not v["deleted"] and v["path"] and vid not in found_ids and Path(v["path"]).is_relative_to(root)]
@@ -178,3 +219,19 @@ def scan_folder(catalog: Catalog, videos_dir: str | Path, labels_file: str | Pat
     summary.deleted = len(vanished)
     summary.unmatched_sidecar = sorted(set(entries) - used_keys)
     return summary
+
+
+def run_scan(cfg, out_dir: str | Path, videos_dir: str | Path, labels_file=None) -> ScanSummary:
+    """The scan stage: `videos_dir` (+ `labels_file`) into OUT/catalog.sqlite, with the config's
+    `scan.extensions` and `scan.labels_from_folders`. Opens only the catalog (no store, no torch),
+    so `run_pipeline.py scan` starts fast."""
+    videos_dir = Path(videos_dir)
+    if not videos_dir.is_dir():
+        from .errors import UsageError
+
+        raise UsageError(f"--videos {videos_dir}: no such folder")
+    catalog = Catalog(Path(out_dir) / "catalog.sqlite")
+    try:
+        return scan_folder(catalog, videos_dir, labels_file, cfg.scan.extensions, cfg.scan.labels_from_folders)
+    finally:
+        catalog.close()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,13 @@ SHARED_DATA = Path(os.environ.get("MICROVIDEO_SHARED", ROOT.parent / "shared" / 
 
 # Two cores on CI: keep torch from oversubscribing them in the test process.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def run_cli(*args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`run_pipeline.py ARGS...` as a user runs it (its own process, wide console, unbuffered)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +73,44 @@ def hub_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MICROVIDEO_OFFLINE", "1")  # never try the network in tests
     yield tmp_path / "hub"
     torch.hub.set_dir(old)
+
+
+# Cheap extraction + training settings for tests that need a trained run (predict, serve).
+FAST = ["extract.modalities=[visual,audio]", "extractors.visual.weights=random", "extractors.visual.depth=18",
+        "extractors.audio.weights=random", "decode.short_side=64", "decode.num_frames=4", "decode.workers=0",
+        "train.epochs=3", "train.batch_size=4"]
+
+
+def fingerprint(out: Path) -> dict:
+    """sha256 of every file of a training folder but its prediction folders and sqlite's
+    transient -wal/-shm files, plus a logical dump of the catalog (which covers the WAL)."""
+    import hashlib
+    import sqlite3
+
+    files = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*"))
+             if p.is_file() and "predict" not in p.relative_to(out).parts[:1] and not p.name.endswith(("-wal", "-shm"))}
+    conn = sqlite3.connect(f"file:{out / 'catalog.sqlite'}?mode=ro", uri=True)
+    files["catalog dump"] = hashlib.sha256("\n".join(conn.iterdump()).encode()).hexdigest()
+    conn.close()
+    return files
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_dataset, tmp_path_factory):
+    """The demo set scanned, extracted (FAST) and an Early Fusion run "ef" trained on it:
+    (cfg, out, video ids). Shared by the predict-isolation and serve tests; they only read it."""
+    from pipeline.catalog import Catalog
+    from pipeline.config import load_config
+    from pipeline.extract import run_extract
+    from pipeline.scan import run_scan
+    from pipeline.train import run_train
+
+    out = tmp_path_factory.mktemp("train_out")
+    cfg = load_config(None, FAST)
+    run_scan(cfg, out, demo_dataset / "videos", demo_dataset / "labels.tsv")
+    run_extract(cfg, out, progress=False)
+    run_train(cfg, out, "early_fusion", run_name="ef")
+    cat = Catalog(out / "catalog.sqlite")
+    ids = [v["video_id"] for v in cat.videos()]
+    cat.close()
+    return cfg, out, ids

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from pipeline.catalog import Catalog, VideoRow
-from pipeline.complete import lambda_max, run_complete, soft_impute_als
+from pipeline.complete import run_complete
+from pipeline.lowrank import lambda_max, soft_impute_als
 from pipeline.config import load_config
-from pipeline.store import FeatureDataset, FeatureStore
+from pipeline.dataset import FeatureDataset
+from pipeline.store import FeatureStore
 
 BLOCKS = {"visual": 40, "audio": 20, "text": 30}
 

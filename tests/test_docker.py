@@ -116,6 +116,14 @@ def test_compose_reserves_gpus_and_mounts_data():
     assert "ray" in " ".join(services["ray-head"]["entrypoint"]) and "--head" in services["ray-head"]["entrypoint"]
 
 
+def test_compose_serve_service_has_a_healthcheck_on_loopback():
+    serve = yaml.safe_load(COMPOSE.read_text())["services"]["serve"]
+    assert serve["command"][0] == "serve" and "--run" in serve["command"]
+    assert "/healthz" in " ".join(serve["healthcheck"]["test"])
+    assert all(p.startswith("127.0.0.1:") for p in serve["ports"])   # published on the host's loopback only
+    assert "MICROVIDEO_TOKEN" in serve["environment"]
+
+
 def _image_layout(dockerfile, root: Path) -> Path:
     """Lay the COPYed files out under `root` as the image does; returns the app folder (the
     WORKDIR of the COPYs). COPY puts a directory's contents, not the directory, at the target."""

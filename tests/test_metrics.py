@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.metrics import compute_metrics, gap_at_k, hit_at_k, multiclass_metrics, multilabel_metrics
+from pipeline.metrics import (compute_metrics, gap_at_k, hit_at_k, multiclass_metrics, multilabel_metrics,
+                              precision_recall)
 
 
 def random_multiclass(n=300, c=6, seed=0):
@@ -112,3 +113,56 @@ def test_multilabel_map_skips_classes_without_positives():
     got = multilabel_metrics(p, y)
     assert got["classes_scored"] == 7
     assert got["map"] == pytest.approx(skm.average_precision_score(y[:, :7], p[:, :7], average="macro"))
+
+
+@pytest.mark.parametrize("average", ["micro", "macro", "samples"])
+def test_precision_recall_match_sklearn(average):
+    """Sun et al. Eq. 14-15, P = TP / (TP + FP) and R = TP / (TP + FN), written out in numpy."""
+    y, p = random_multilabel(seed=7)
+    pred = (p >= 0.5).astype(int)
+    pred[3] = 0                       # a video with no predicted label: zero_division=0
+    got = precision_recall(pred, y, average)
+    assert got[0] == pytest.approx(skm.precision_score(y, pred, average=average, zero_division=0))
+    assert got[1] == pytest.approx(skm.recall_score(y, pred, average=average, zero_division=0))
+
+
+def test_precision_recall_in_the_reports_match_sklearn():
+    y, p = random_multilabel(seed=8)
+    got, pred = multilabel_metrics(p, y, threshold=0.4), (p >= 0.4).astype(int)
+    assert got["precision"] == pytest.approx(skm.precision_score(y, pred, average="micro"))
+    assert got["recall"] == pytest.approx(skm.recall_score(y, pred, average="micro"))
+    assert got["macro_precision"] == pytest.approx(skm.precision_score(y, pred, average="macro", zero_division=0))
+    assert got["macro_recall"] == pytest.approx(skm.recall_score(y, pred, average="macro", zero_division=0))
+    yc, pc = random_multiclass(seed=9)
+    mc = multiclass_metrics(pc, np.eye(6)[yc])
+    assert mc["macro_precision"] == pytest.approx(skm.precision_score(yc, pc.argmax(1), average="macro", zero_division=0))
+    assert mc["macro_recall"] == pytest.approx(skm.recall_score(yc, pc.argmax(1), average="macro", zero_division=0))
+
+
+def test_marnet_metric_set_matches_sklearn_on_ties_and_sparse_labels():
+    """MARNet's report: mAP, coverage, ranking loss, Hamming loss, one-error; here with tied
+    scores and a video without labels (left out of the ranking metrics)."""
+    y, p = random_multilabel(n=120, c=9, seed=10)
+    p = np.round(p, 1)                 # many ties
+    y[5] = 0
+    got, rows = multilabel_metrics(p, y, threshold=0.5), y.sum(1) > 0
+    keep = y.sum(0) > 0
+    assert got["map"] == pytest.approx(skm.average_precision_score(y[:, keep], p[:, keep], average="macro"))
+    assert got["coverage"] == pytest.approx(skm.coverage_error(y[rows], p[rows]))
+    assert got["ranking_loss"] == pytest.approx(skm.label_ranking_loss(y[rows], p[rows]))
+    assert got["hamming_loss"] == pytest.approx(skm.hamming_loss(y, (p >= 0.5).astype(int)))
+    first = np.argsort(-p[rows], 1, kind="stable")[:, 0]
+    assert got["one_error"] == pytest.approx(np.mean(y[rows][np.arange(rows.sum()), first] == 0))
+
+
+def test_hit_at_is_a_list_independent_of_gap_k():
+    y, p = random_multilabel(seed=11)
+    a = compute_metrics(p, y, True, top_k=20, hit_at=[1, 2])
+    b = compute_metrics(p, y, True, top_k=20, hit_at=[1, 3, 5])
+    assert a["gap@20"] == b["gap@20"] and "hit@2" in a and "hit@2" not in b and "hit@3" in b
+    assert a["hit@2"] == pytest.approx(hit_at_k(p, y, 2))
+    c = compute_metrics(p, y, True, top_k=3, hit_at=[1, 2])
+    assert c["hit@2"] == a["hit@2"] and "gap@3" in c    # GAP@k changes, Hit@k does not
+    yc, pc = random_multiclass(seed=12)
+    mc = compute_metrics(pc, np.eye(6)[yc], False, hit_at=[1, 2])
+    assert mc["hit@1"] == pytest.approx(mc["accuracy"]) and mc["hit@2"] == pytest.approx(hit_at_k(pc, np.eye(6)[yc], 2))

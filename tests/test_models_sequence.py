@@ -1,4 +1,5 @@
-"""Tests of the sequence models (models/videotag.py, models/netvlad.py, models/mart.py): the
+"""Tests of the sequence models (models/videotag.py, models/netvlad.py, models/sun.py, models/mart.py,
+models/mart_masking.py): the
 shared requirements (batch invariance, absent modalities, gradients, checkpoints, learning a
 two-modality task) and each model's own equations. Small dims so the whole file runs in seconds."""
 from __future__ import annotations
@@ -12,10 +13,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from models.common import masked_softmax, sequence_view
-from models.mart import MaskedTemporalModel, segment_pool
+from models.mart import MART
+from models.mart_masking import MaskedTemporalModel, segment_pool
+from models.sun import SunNet
 from models.netvlad import NetVLAD, NetVLADFusion
 from models.videotag import AttentionLSTMTagger
-from pipeline.store import collate_batch
+from pipeline.dataset import collate_batch
 
 DIMS = {"pooled": {"rgb": 10}, "sequence": {"audio": 6, "text": 8}}   # rgb: pooled only (YT8M-like)
 SMALL = {
@@ -25,6 +28,8 @@ SMALL = {
     "mart": (MaskedTemporalModel, {"d_model": 16, "segments": 4, "heads": 2, "layers": 2, "ff_dim": 32}),
     "mart_tokens": (MaskedTemporalModel, {"d_model": 16, "segments": 4, "heads": 2, "layers": 1, "ff_dim": 32,
                                           "fusion": "tokens"}),
+    "mart_paper": (MART, {"d_model": 16, "segments": 4, "heads": 2, "layers": 2, "ff_dim": 32, "emotion_modality": None}),
+    "sun": (SunNet, {"clusters": 4, "segments": 2, "input_dim": 5, "dropout": 0.1}),
 }
 
 
@@ -147,7 +152,7 @@ def xor_items(n, seed, dim=4):
     return items
 
 
-@pytest.mark.parametrize("name", ["videotag", "netvlad", "mart"])
+@pytest.mark.parametrize("name", ["videotag", "netvlad", "mart", "mart_paper", "sun"])
 def test_learns_a_task_that_needs_both_modalities(name):
     dims = {"pooled": {}, "sequence": {"a": 4, "b": 4}}
     model = build(name, dims=dims, num_classes=2, multilabel=False, dropout=0.0)

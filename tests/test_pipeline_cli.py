@@ -1,7 +1,6 @@
 """The CLI as a user runs it: bad inputs, SIGKILL in the middle of extraction, two runs at once."""
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from pipeline.catalog import Catalog
 from pipeline.demo import make_bad_inputs, make_demo_dataset
@@ -23,10 +23,8 @@ FAST = ["extract.modalities=[visual,audio,text]", "extractors.visual.weights=ran
         "extractors.audio.weights=random", "decode.short_side=64", "decode.num_frames=4"]
 
 
-def cli(*args, check=None, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=600, **kw)
+def cli(*args, check=None) -> subprocess.CompletedProcess:
+    proc = run_cli(*args)
     if check is not None:
         assert proc.returncode == check, proc.stdout + proc.stderr
     return proc
@@ -81,7 +79,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
             time.sleep(0.05)
         # a second run on the same folder while the first holds it: refused, nothing written
         second = cli("extract", "--out", out, "--no-progress", *FAST)
-        assert second.returncode == 2 and "another run" in second.stdout, second.stdout + second.stderr
+        assert second.returncode == 2 and "another run" in second.stdout + second.stderr, second.stdout + second.stderr
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)
     finally:

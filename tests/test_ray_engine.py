@@ -20,7 +20,9 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.demo import make_bad_inputs, make_demo_dataset  # noqa: E402
 from pipeline.ray_engine import ExtractActor, plan_resources, run_extract_ray  # noqa: E402
 from pipeline.config import to_dict  # noqa: E402
-from pipeline.stages import open_output, run_extract, run_scan, videos_to_extract  # noqa: E402
+from pipeline.extract import run_extract, videos_to_extract  # noqa: E402
+from pipeline.output import open_output  # noqa: E402
+from pipeline.scan import run_scan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MICROVIDEO_SHARED", ROOT.parent / "shared" / "data"))   # as in conftest.py

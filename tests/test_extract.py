@@ -1,4 +1,5 @@
-"""The decode pool: per-video time limit, decoder crashes, order and look-ahead."""
+"""The extract stage (pipeline/extract.py): the decode pool (per-video time limit, decoder crashes,
+order, look-ahead), worker steps, and the per-video retry after a batch raises."""
 from __future__ import annotations
 
 import faulthandler
@@ -9,20 +10,20 @@ import time
 import numpy as np
 import pytest
 
-import pipeline.stages as stages
+import pipeline.extract as stages
 from pipeline.decode import Clip, DecodeError, DecodeOptions
 from pipeline.demo import moving_stripes, write_clip
 
 real_task = stages._decode_task
 
 
-def misbehaving_task(path, options, video_id, title, prepare=None):
+def misbehaving_task(path, options, video_id, title, *rest):
     if video_id == "hang":
         time.sleep(120)                      # a decoder stuck forever
     if video_id == "crash" and options.backend != "pyav":
         faulthandler.disable()               # keep pytest's crash dump out of the log
         os.kill(os.getpid(), signal.SIGSEGV)  # a decoder that segfaults (decord does on some files)
-    return real_task(path, options, video_id, title, prepare)
+    return real_task(path, options, video_id, title, *rest)
 
 
 @pytest.fixture()
@@ -100,3 +101,50 @@ def test_trajectory_descriptors_from_the_decode_workers_equal_those_made_in_proc
         assert a.pooled.any()
         np.testing.assert_array_equal(a.pooled, b.pooled)
         np.testing.assert_array_equal(a.sequence, b.sequence)
+
+
+class _Writer:
+    def __init__(self):
+        self.added, self.failed, self.missing = {}, {}, {}
+
+    def add(self, video_id, **layouts):
+        self.added[video_id] = layouts
+
+    def mark_failed(self, video_id, reason):
+        self.failed[video_id] = reason
+
+    def mark_missing(self, video_id, reason):
+        self.missing[video_id] = reason
+
+
+class _PickyExtractor:
+    """Raises on any batch holding the "bad" clip; returns None (modality missing) for "silent"."""
+
+    def __init__(self):
+        self.calls = []
+
+    def extract(self, clips):
+        from extractors.base import Features
+
+        self.calls.append([c.video_id for c in clips])
+        if any(c.video_id == "bad" for c in clips):
+            raise RuntimeError("cannot handle this one")
+        return [None if c.video_id == "silent" else Features(pooled=np.full(3, len(c.video_id), np.float32))
+                for c in clips]
+
+
+def test_a_batch_that_raises_is_retried_video_by_video():
+    from types import SimpleNamespace
+
+    clips = [SimpleNamespace(video_id=v, audio=None if v == "silent" else np.zeros(4), title="t", meta={})
+             for v in ("a", "bad", "silent", "b")]
+    ext, writer = _PickyExtractor(), _Writer()
+    summary = stages.ExtractSummary()
+    need = {c.video_id: ["audio"] for c in clips}
+    need["b"] = []   # b does not need this modality: never extracted
+    stages.extract_clips({"audio": ext}, clips, need, {"audio": writer}, summary)
+    assert ext.calls == [["a", "bad", "silent"], ["a"], ["bad"], ["silent"]]   # one batch, then one by one
+    assert set(writer.added) == {"a"} and writer.added["a"]["pooled"].tolist() == [1, 1, 1]
+    assert writer.failed == {"bad": "RuntimeError: cannot handle this one"}
+    assert writer.missing == {"silent": "no audio track"}
+    assert summary.per_modality["audio"] == {"done": 1, "missing": 1, "failed": 1}

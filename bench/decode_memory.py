@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Peak memory of decoding one long video: a synthetic 10-minute 1280x720 25 fps clip (low
+bitrate, 44.1 kHz audio), decoded in a fresh child process per setting, which reports its own
+peak RSS from the kernel (VmHWM, so nothing is missed between samples).
+
+Settings: the default decode (16 frames @ 224 + 16 kHz audio, decord and PyAV), and one pass
+with many views (a 3D-CNN window view at 15 fps, grey low-res frames, keyframes, shots).
+The clip is written once with ffmpeg (about 2 minutes on 2 cores) and reused.
+Prints and saves bench/results/decode_memory.json.
+
+    python bench/decode_memory.py [--clip /tmp/long720.mp4] [--minutes 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from pipeline.config import versions  # noqa: E402
+from pipeline.demo import ffmpeg_exe  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
+
+SETTINGS = {
+    "default_decord": {"backend": "auto", "views": []},
+    "default_pyav": {"backend": "pyav", "views": []},
+    "many_views_pyav": {"backend": "auto", "views": [
+        {"kind": "window", "num_frames": 16, "fps": 15, "short_side": 128},       # r2plus1d_18's recipe
+        {"kind": "uniform", "num_frames": 32, "short_side": 112, "gray": True},   # trajectories / flow
+        {"kind": "keyframes", "num_frames": 64, "short_side": 224},
+        {"kind": "shots", "num_frames": 64, "short_side": 224}]},
+}
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from pipeline.decode import DecodeOptions, View, decode_video
+setting = json.loads(sys.argv[3])
+def hwm_mb():  # this process's own peak RSS (getrusage's ru_maxrss would include the forking parent's)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return round(int(line.split()[1]) / 1024, 1)
+views = {v.key(): v for v in (View(**d) for d in setting["views"])}
+t0 = time.perf_counter()
+clip = decode_video(sys.argv[2], DecodeOptions(backend=setting["backend"], views=views))
+sec = time.perf_counter() - t0
+kept = clip.frames.nbytes + sum(a.nbytes for a in clip.views.values()) + (clip.audio.nbytes if clip.audio is not None else 0)
+print(json.dumps({"seconds": round(sec, 1), "backend": clip.backend, "decoded_frames": clip.meta.get("decoded_frames"),
+                  "frames": list(clip.frames.shape), "views": {k: list(a.shape) for k, a in clip.views.items()},
+                  "clip_mb": round(kept / 2**20, 1), "duration_s": round(clip.duration, 1),
+                  "peak_rss_mb": hwm_mb()}))
+"""
+
+
+def make_clip(path: Path, minutes: float) -> None:
+    seconds = int(minutes * 60)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y",
+                    "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
+                    "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "600k", "-g", "250",
+                    "-c:a", "aac", "-b:a", "64k", "-shortest", str(tmp)], check=True)
+    os.replace(tmp, path)
+
+
+def measure(clip: Path, setting: dict) -> dict:
+    """Decode in a fresh interpreter, which reports its own peak RSS (VmHWM)."""
+    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(clip), json.dumps(setting)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr[-2000:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clip", default="/tmp/long720.mp4")
+    ap.add_argument("--minutes", type=float, default=10)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode_memory.json"))
+    args = ap.parse_args()
+    clip = Path(args.clip)
+    if not clip.exists():
+        print(f"writing {clip} ({args.minutes:g} min 1280x720) ...", flush=True)
+        make_clip(clip, args.minutes)
+    results = {"clip": str(clip), "clip_mb": round(clip.stat().st_size / 2**20, 1), "cpu_count": os.cpu_count(),
+               "loadavg_before": os.getloadavg(), "versions": versions(), "settings": SETTINGS}
+    for name, setting in SETTINGS.items():
+        t0 = time.perf_counter()
+        results[name] = measure(clip, setting)
+        results[name]["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(name, json.dumps(results[name]), flush=True)
+    results["loadavg_after"] = os.getloadavg()
+    write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
