@@ -112,7 +112,7 @@ def main():
         c.subtitles = [(k * c.duration / 4, (k + 1) * c.duration / 4, captions[(4 * i + k) % len(captions)])
                        for k in range(4)]
     res = {"data": args.data, "clips": len(clips), "clips_with_audio": len(with_audio),
-           "clips_with_silent_audio_track": sum(rms_dbfs(c.audio) <= -70 for c in with_audio),
+           "clips_with_silent_audio_track": int(sum(rms_dbfs(c.audio) <= -70 for c in with_audio)),
            "mean_audio_s": round(float(np.mean([len(c.audio) / c.sample_rate for c in with_audio])), 2),
            "torch_threads": args.threads, "loadavg_before": os.getloadavg(), "versions": versions(),
            "families": {}}

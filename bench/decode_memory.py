@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from pipeline.config import versions  # noqa: E402
-from pipeline.demo import ffmpeg_exe  # noqa: E402
+from pipeline.demo import ffmpeg_run  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
 SETTINGS = {
@@ -59,11 +59,12 @@ print(json.dumps({"seconds": round(sec, 1), "backend": clip.backend, "decoded_fr
 def make_clip(path: Path, minutes: float) -> None:
     seconds = int(minutes * 60)
     tmp = path.with_name(f".{path.name}.tmp.mp4")
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y",
-                    "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
-                    "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "600k", "-g", "250",
-                    "-c:a", "aac", "-b:a", "64k", "-shortest", str(tmp)], check=True)
+    import ffmpeg
+
+    video = ffmpeg.input(f"testsrc2=size=1280x720:rate=25:duration={seconds}", f="lavfi")
+    audio = ffmpeg.input(f"sine=frequency=440:sample_rate=44100:duration={seconds}", f="lavfi")
+    ffmpeg_run(ffmpeg.output(video, audio, str(tmp), vcodec="libx264", preset="ultrafast", video_bitrate="600k",
+                             g=250, acodec="aac", audio_bitrate="64k", shortest=None))
     os.replace(tmp, path)
 
 

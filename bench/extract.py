@@ -23,6 +23,7 @@ Visual and VGGish run with `weights: random` (no pretrained files offline here):
 network does not depend on its weights. Prints and saves bench/results/extract.json.
 
     python bench/extract.py [--data ../shared/data/fight] [--limit N] [--threads 2] [--workers 2]
+        [--families video3d i3d_rgb ...] [--family-clips 8] [--family-frames 16] [--skip families peers ...]
 """
 from __future__ import annotations
 
@@ -268,7 +269,7 @@ PEER_FAMILIES = {"r21d": "feature_type=r21d", "s3d": "feature_type=s3d", "i3d": 
                  "clip": "feature_type=clip model_name=ViT-B/32", "timm": "feature_type=timm model_name=convnext_tiny"}
 
 
-def video_features_side_by_side(paths, timeout_s: float = 240.0) -> dict:
+def video_features_side_by_side(paths, timeout_s: float = 600.0) -> dict:
     """Does each of video_features' visual families run here (pinned torch, offline)? Each in a
     separate process on one clip; the first error line where it does not."""
     import subprocess

@@ -132,7 +132,8 @@ def main():
     matmul = matmul_gflops(torch.bfloat16, 8192, 3.0, device) if device == "cuda" else matmul_gflops(torch.float32, 512, 1.0)
     res = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)", "smoke": args.smoke,
            "clips_available": len(paths), "batch": args.batch, "workers": args.workers, "seconds_per_family": args.seconds,
-           "ceiling_tflops": args.ceiling_tflops, "measured_bf16_matmul_tflops": round(matmul / 1e3, 1),
+           "ceiling_tflops": args.ceiling_tflops, "measured_matmul_tflops": round(matmul / 1e3, 4),
+           "matmul_dtype": "bf16" if device == "cuda" else "fp32 (CPU smoke)",
            "loadavg_before": os.getloadavg(), "versions": versions(), "families": {}}
     out = Path(args.out or ROOT / "bench" / "results" / ("gpu_smoke.json" if args.smoke else "gpu.json"))
     t0 = time.perf_counter()

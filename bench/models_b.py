@@ -93,14 +93,16 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def save(results: dict, name: str) -> None:
-    """Write dataset `name`'s section into the results file, keeping the other sections as they
-    are on disk (one process per dataset can run at the same time)."""
-    path = RESULTS / "models_b.json"
+def save(results: dict, name: str, stem: str = "models_b") -> None:
+    """Write dataset `name`'s section into bench/results/<stem>.json, keeping the other sections
+    and the rows other processes wrote as they are on disk (processes can run side by side)."""
+    path = RESULTS / f"{stem}.json"
     merged = json.loads(path.read_text()) if path.exists() else {}
-    merged[name] = results[name]
+    rows = {r["row"]: r for r in merged.get(name, {}).get("rows", [])}
+    rows.update({r["row"]: r for r in results[name]["rows"]})
+    merged[name] = {**results[name], "rows": list(rows.values())}
     write_json(path, merged)
-    write_text(RESULTS / "models_b.md", markdown(merged))
+    write_text(RESULTS / f"{stem}.md", markdown(merged))
 
 
 def main() -> None:
@@ -111,10 +113,12 @@ def main() -> None:
     p.add_argument("--yt8m-train-shards", type=int, default=50, help="train on shards 0..N-1 (val: 50-59 always)")
     p.add_argument("--mosi-epochs", type=int, default=6)
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder, removed after)")
+    p.add_argument("--results", default="models_b", help="bench/results/<name>.json / .md")
     a = p.parse_args()
     if not bm.SHARED.is_dir():
         sys.exit(f"{bm.SHARED} is absent: the benchmark needs ../shared/data")
-    results = json.loads((RESULTS / "models_b.json").read_text()) if (RESULTS / "models_b.json").exists() else {}
+    path = RESULTS / f"{a.results}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
     work = a.out or Path(tempfile.mkdtemp(prefix="bench-models-b-"))
     common = ["device=cpu", "seed=0", "train.progress=false", "train.num_workers=0"]
     settings = {"yt8m": common + [f"train.epochs={a.yt8m_epochs}", "train.batch_size=256", "train.lr=2e-3",
@@ -140,12 +144,12 @@ def main() -> None:
                 except Exception as e:   # reported in the results, not hidden
                     section.setdefault("failed", []).append({"row": row, "error": f"{type(e).__name__}: {e}"})
                     print(f"   FAILED: {e}", flush=True)
-                    save(results, name)
+                    save(results, name, a.results)
                     continue
                 section["rows"] = [x for x in section["rows"] if x["row"] != row] + [r]
                 section["loadavg"] = [round(x, 2) for x in os.getloadavg()]
                 section["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-                save(results, name)
+                save(results, name, a.results)
             print(markdown(results), flush=True)
     finally:
         if a.out is None:

@@ -153,7 +153,10 @@ class ASRExtractor(Extractor):
         """[(segments [(start_s, end_s, text)], language)] per wave."""
         feats = self._features(waves, long)
         langs = self._languages(feats)
+        # short-form: one generate call per 30-s window (Whisper's own short-form decoding), so a
+        # clip costs at most max_new_tokens; long-form: transformers moves the window to the end
         kw = {"language": langs} if langs[0] is not None else {}
+        kw["force_unique_generate_call"] = not long
         if self.id_to_lang:
             kw["task"] = self.task
         with autocast(self.device, self.precision):

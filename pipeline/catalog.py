@@ -83,6 +83,12 @@ CREATE TABLE IF NOT EXISTS modalities (
     PRIMARY KEY (modality, layout)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- time-stamped text an extractor made (speech transcripts: `speech_text`), committed with its shard
+CREATE TABLE IF NOT EXISTS segments (
+    video_id TEXT NOT NULL, modality TEXT NOT NULL, idx INTEGER NOT NULL,
+    start_s REAL NOT NULL, end_s REAL NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (video_id, modality, idx)
+);
 CREATE INDEX IF NOT EXISTS features_by_modality ON features (modality, layout);
 CREATE INDEX IF NOT EXISTS stages_by_stage ON stages (stage, status);
 """
@@ -324,10 +330,11 @@ class Catalog:
 
     # -- store bookkeeping (called by pipeline.store) --------------------------------------
     def commit_shard(self, shard_id: str, modality: str, layout_files: dict[str, dict],
-                     video_rows: list[tuple[str, int]], stage_updates: list[StageUpdate]) -> None:
+                     video_rows: list[tuple[str, int]], stage_updates: list[StageUpdate],
+                     segments: dict[str, list] | None = None) -> None:
         """Record shard files ({layout: {"file", "rows", "dim", "dtype", "sha256", "aux"}}, aux =
-        {companion file: sha256}), where each video's features live, and the stage statuses, all
-        in one transaction."""
+        {companion file: sha256}), where each video's features live, the stage statuses and the
+        videos' text segments ({video_id: [(start_s, end_s, text), ...]}), all in one transaction."""
         now = time.time()
         with self.transaction() as c:
             for layout, f in layout_files.items():
@@ -337,7 +344,17 @@ class Catalog:
                            f.get("dtype"), f.get("sha256"), json.dumps(f.get("aux") or {})))
                 c.executemany("INSERT OR REPLACE INTO features VALUES (?,?,?,?,?)",
                               [(vid, modality, layout, f"{shard_id}:{layout}", row) for vid, row in video_rows])
+            for vid, segs in (segments or {}).items():
+                c.execute("DELETE FROM segments WHERE video_id=? AND modality=?", (vid, modality))
+                c.executemany("INSERT INTO segments VALUES (?,?,?,?,?,?)",
+                              [(vid, modality, i, float(a), float(b), str(t)) for i, (a, b, t) in enumerate(segs)])
             self.set_stages(stage_updates, conn=c)
+
+    def segments(self, video_id: str, modality: str) -> list[tuple[float, float, str]]:
+        """The time-stamped text an extractor stored for a video (e.g. its speech transcript)."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT start_s, end_s, text FROM segments WHERE video_id=? AND modality=? ORDER BY idx",
+            (video_id, modality))]
 
     def register_modality(self, modality: str, layout: str, dim: int, meta: dict) -> None:
         with self.transaction() as c:

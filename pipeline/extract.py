@@ -249,7 +249,8 @@ def extract_clips(extractors: dict, clips: list[Clip], need: dict[str, list[str]
                 layouts = {"pooled": feats.pooled}
                 if feats.sequence is not None:
                     layouts["sequence"] = feats.sequence
-                writers[m].add(c.video_id, times=feats.times if feats.sequence is not None else None, **layouts)
+                writers[m].add(c.video_id, times=feats.times if feats.sequence is not None else None,
+                               segments=feats.segments, **layouts)
                 counts["done"] += 1
 
 

@@ -36,6 +36,7 @@ docs/scale-out.md.
 """
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import time
@@ -51,6 +52,7 @@ from .extract import (ExtractSummary, build_extractors, extract_stream, finish_s
                       open_writers, plan_extract)
 from .io import write_json
 from .store import FeatureStore
+from .views import collect_views
 
 def ray_settings(cfg: DictConfig) -> dict:
     """`extract.ray` (declared in configs/pipeline.yaml; unknown keys are config errors) as a dict."""
@@ -90,10 +92,10 @@ class ExtractActor:
         # Ray points CUDA_VISIBLE_DEVICES at this actor's GPU(s), so "cuda" is the right one.
         self.device = resolve_device("cuda" if use_gpu else "cpu")
         self.decode_workers = decode_workers
-        self.options = DecodeOptions.from_config(self.cfg.decode)
         names = list(self.cfg.extract.modalities)
         # Same seed, same build order as the local engine: random-init weights come out equal.
         self.extractors = build_extractors(self.cfg, names, self.device)
+        self.options = DecodeOptions.from_config(self.cfg.decode, views=collect_views(self.extractors))
         load_fitted(self.extractors, self.out_dir, required=True)
         # Worker-side store: shard files are written here, catalog records wait in `pending`.
         # No time-based flushing: every batch ends with a flush anyway.
@@ -104,8 +106,9 @@ class ExtractActor:
         # A batch whose titles are all None arrives as an Arrow null column (not None objects):
         # anything but a non-empty string means "no title", as in the catalog.
         rows = [{"video_id": str(vid), "path": str(path), "title": title if isinstance(title, str) and title else None,
-                 "need": [str(m) for m in need]}
-                for vid, path, title, need in zip(batch["video_id"], batch["path"], batch["title"], batch["need"])]
+                 "need": [str(m) for m in need], "subtitles": json.loads(subs)}
+                for vid, path, title, need, subs in zip(batch["video_id"], batch["path"], batch["title"], batch["need"],
+                                                        batch["subtitles"])]
         summary = ExtractSummary(videos_todo=len(rows))
         decoded, failed = [], []
 
@@ -178,7 +181,10 @@ def run_extract_ray(cfg: DictConfig, out_dir: str | Path, address: str | None = 
     try:
         _fit_on_driver(cfg, todo, out_dir)
         plan = plan_resources(settings, cfg.device, ray.cluster_resources())
-        rows = [{"video_id": v["video_id"], "path": v["path"], "title": v["title"], "need": v["need"]} for v in todo]
+        # Subtitles travel as JSON text ("null" for none): an Arrow column of nested lists, or of
+        # Nones only, would be typed per batch.
+        rows = [{"video_id": v["video_id"], "path": v["path"], "title": v["title"], "need": v["need"],
+                 "subtitles": json.dumps(v.get("subtitles"))} for v in todo]
         ds = ray.data.from_items(rows).map_batches(
             ExtractActor, batch_size=plan["batch_videos"], batch_format="numpy",
             fn_constructor_kwargs={"cfg": to_dict(cfg), "out_dir": str(out_dir), "use_gpu": plan["num_gpus"] > 0,

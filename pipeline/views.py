@@ -16,6 +16,7 @@ shot's middle when the cut arrives.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -38,6 +39,18 @@ def collect_views(extractors: dict) -> dict[str, View]:
 
 
 _REFORMATTERS: dict = {}
+_INHERITED: list = []
+
+
+def _after_fork_in_child() -> None:
+    # A forked decode worker must not use its parent's SwsContexts: their worker threads do not
+    # exist in the child, which then waits forever (measured: a hung task per inherited size).
+    # Keep them referenced, never freed (freeing would wait on those threads too).
+    _INHERITED.append(dict(_REFORMATTERS))
+    _REFORMATTERS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def convert(frame, width: int, height: int, fmt: str, interpolation: str | None = None) -> np.ndarray:
@@ -215,7 +228,18 @@ def windows(plan: Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def run_pass(frames: Iterable[Decoded], plans: dict[str, Plan], keep_going=lambda: False) -> int:
     """Feed the decoded frames to every plan; stop early once every frame view is full and no
     shot view needs the rest (unless `keep_going()`: the decoder lost packets and the caller
-    wants the whole stream counted). Returns the number of frames that came out of the decoder."""
+    wants the whole stream counted). Returns the number of frames that came out of the decoder.
+
+    The SwsContexts `convert` keeps live only for this pass: freed at its end, so a process
+    that forks decode workers later (the extract stage, the service) holds none of them or their
+    threads, which a forked child would hang or crash on (seen in the full test suite)."""
+    try:
+        return _run_pass(frames, plans, keep_going)
+    finally:
+        _REFORMATTERS.clear()
+
+
+def _run_pass(frames: Iterable[Decoded], plans: dict[str, Plan], keep_going) -> int:
     slots = [p.slots for p in plans.values() if p.slots is not None]
     shots = [p.shots for p in plans.values() if p.shots is not None]
     prev, count = None, 0

@@ -68,11 +68,11 @@ def mark_presence(item: dict, modalities, is_missing, seq_dims: dict) -> dict:
 @pytest.fixture()
 def hub_dir(tmp_path, monkeypatch):
     """A fresh, empty torch hub cache: weight-loading tests put their own files in it."""
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
+    # torch.hub.set_dir() would leave a global override behind that hides $TORCH_HOME from later
+    # tests; patching the setting it writes restores the unset state afterwards.
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     monkeypatch.setenv("MICROVIDEO_OFFLINE", "1")  # never try the network in tests
     yield tmp_path / "hub"
-    torch.hub.set_dir(old)
 
 
 # Cheap extraction + training settings for tests that need a trained run (predict, serve).

@@ -36,10 +36,11 @@ def test_stage_records_salvage_subtitles_and_failures(out):
     cat = Catalog(out / "catalog.sqlite", readonly=True)
     videos = {v["video_id"]: v for v in cat.videos()}
     decode = cat.stage_status("decode")
+    reasons = dict(cat.conn.execute("SELECT video_id, error FROM stages WHERE stage='decode'").fetchall())
     audio = dict(cat.conn.execute("SELECT video_id, error FROM stages WHERE stage='extract:audio_mfcc'").fetchall())
     audio_status = cat.stage_status("extract:audio_mfcc")
     cat.close()
-    assert decode == {"good.mp4": "done", "damaged.mp4": "done", "mute.mp4": "done", "hopeless.mp4": "failed"}
+    assert decode == {"good.mp4": "done", "damaged.mp4": "done", "mute.mp4": "done", "hopeless.mp4": "failed"}, reasons
     assert videos["damaged.mp4"]["decode_warnings"]["lost_frames"] >= 1
     assert videos["good.mp4"]["decode_warnings"] is None
     assert videos["good.mp4"]["subtitles"] == [[0.1, 0.8, "hello there"]]

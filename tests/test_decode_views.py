@@ -152,3 +152,18 @@ def test_rotated_views_are_upright(tmp_path):
     assert clip.frames.shape[1:] == (48, 32, 3) and clip.views[view.key()].shape[2:] == (48, 32, 3)
     first = int(clip.frame_indices[0])                                            # same frame, same picture
     np.testing.assert_array_equal(clip.views[view.key()][0, first], clip.frames[0])
+
+
+def _decode_in_worker(path):
+    return decode_video(path, DecodeOptions(backend="pyav", num_frames=4)).frames
+
+
+def test_forked_worker_after_a_decode_in_the_parent(clips):
+    """The reused libswscale contexts (pipeline.views.convert) own threads a forked decode worker
+    does not have: each worker must build its own, or it hangs on the first frame of that size."""
+    import pebble
+
+    here = decode_video(clips["short"], DecodeOptions(backend="pyav", num_frames=4)).frames
+    with pebble.ProcessPool(max_workers=1) as pool:
+        there = pool.schedule(_decode_in_worker, args=(clips["short"],), timeout=60).result()
+    np.testing.assert_array_equal(here, there)

@@ -125,7 +125,9 @@ def test_correlation_matrix_and_gnn_layers_match_the_direct_formula():
         W, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
         reps.append(S_i @ np.maximum(reps[-1] @ W.T + b, 0))    # L^{l+1} = S ReLU(L W + b)
         np.testing.assert_allclose(out["label_representations"][i].detach().numpy(), reps[-1], rtol=1e-4, atol=1e-6)
-    assert [t.shape for t in model.artifacts()["label_representations"]] == [(4, 12), (4, 6)]
+    saved = model.artifacts()
+    assert [t.shape for t in saved["label_representations"]] == [(4, 12), (4, 6)]
+    torch.testing.assert_close(saved["correlation_matrices"][0].to_dense(), out["correlation_matrices"][0])
 
 
 # -- step 6: cosine label scoring + cross-modal attention ---------------------------------------

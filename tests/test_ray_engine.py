@@ -128,7 +128,8 @@ def _orphan_shards(cfg, out: Path) -> list[Path]:
     todo = videos_to_extract(catalog, list(cfg.extract.modalities), False)[-3:]   # good clips (bad/ sorts first)
     catalog.close()
     actor = ExtractActor(to_dict(cfg), str(out.resolve()), use_gpu=False, decode_workers=1)
-    actor({k: np.array([v[k] for v in todo], dtype=object) for k in ("video_id", "path", "title", "need")})
+    batch = {k: np.array([v[k] for v in todo], dtype=object) for k in ("video_id", "path", "title", "need")}
+    actor({**batch, "subtitles": np.array([json.dumps(v.get("subtitles")) for v in todo], dtype=object)})
     return sorted((out / "store").rglob("shard-*.npy"))
 
 

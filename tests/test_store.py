@@ -41,6 +41,21 @@ def test_pooled_and_sequence_round_trip(store):
     assert counts == {"done": 9, "missing": 1}
 
 
+def test_text_segments_are_committed_with_their_shard(store):
+    """Speech transcripts (Features.segments) land in the catalog in the shard's transaction;
+    re-extracting a video replaces its segments instead of adding to them."""
+    seg = [(0.0, 1.5, "hello there"), (1.5, 2.0, "again")]
+    with store.writer("speech_text", dims={"pooled": 3, "sequence": 3}, stage="extract:speech_text") as w:
+        w.add("v0", pooled=np.ones(3), sequence=np.ones((2, 3)), times=np.array([[0, 1.5], [1.5, 2.0]]), segments=seg)
+        w.add("v1", pooled=np.ones(3), sequence=np.ones((1, 3)))
+        assert store.catalog.segments("v0", "speech_text") == []      # not before the shard is committed
+    assert store.catalog.segments("v0", "speech_text") == seg
+    assert store.catalog.segments("v1", "speech_text") == []
+    with store.writer("speech_text", stage="extract:speech_text") as w:
+        w.add("v0", pooled=np.ones(3), sequence=np.ones((1, 3)), segments=[(0.0, 2.0, "once")])
+    assert store.catalog.segments("v0", "speech_text") == [(0.0, 2.0, "once")]
+
+
 def test_dataset_and_collate(store):
     with store.writer("a", "pooled", 3) as w:
         for i in range(0, 10, 2):
