@@ -34,7 +34,7 @@ from extractors.asr import save_random_whisper  # noqa: E402
 from extractors.hf_audio import save_random_model  # noqa: E402
 from extractors.mfcc import rms_dbfs  # noqa: E402
 from pipeline.config import load_config, versions  # noqa: E402
-from pipeline.decode import Clip, DecodeOptions, decode_video  # noqa: E402
+from pipeline.decode import DecodeOptions, decode_video  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
 WHISPER_BASE = dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Extractor, Features, autocast, resolve_precision
+from .base import Extractor, autocast, resolve_precision
 from .hf_audio import build_random, hf_cache_dir, load_pretrained, resample, weights_record, _is_local
 from .mfcc import rms_dbfs
 from .subtitles import clean_segments, embed_segments, text_encoder

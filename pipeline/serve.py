@@ -27,7 +27,6 @@ import secrets
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -221,7 +220,3 @@ def serve(cfg, out_dir: str | Path, run_dirs: list[Path], host: str, port: int, 
 
 def new_request_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def now() -> float:
-    return time.perf_counter()

@@ -54,6 +54,28 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+def _error(e: HTTPError):
+    return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+
+
+async def _logged(service: TaggingService, request, call_next):
+    """Run one request with its id; count it in the metrics and write its JSON access-log line."""
+    rid, t0 = new_request_id(), time.perf_counter()
+    request.state.request_id = rid
+    try:
+        response = await call_next(request)
+    except HTTPError as e:  # raised by BodyLimit while the body streams in
+        response = _error(e)
+    latency = time.perf_counter() - t0
+    service.metrics.observe(response.status_code, latency)
+    response.headers["X-Request-ID"] = rid
+    log.info(json.dumps({"id": rid, "method": request.method, "path": request.url.path,
+                         "status": response.status_code, "bytes_in": int(request.headers.get("content-length") or 0),
+                         "bytes_out": int(response.headers.get("content-length") or 0),
+                         "latency_ms": round(latency * 1000, 1)}))
+    return response
+
+
 def build_app(service: TaggingService):
     from contextlib import asynccontextmanager
 
@@ -75,23 +97,7 @@ def build_app(service: TaggingService):
 
     @app.middleware("http")
     async def access_log(request: Request, call_next):
-        rid, t0 = new_request_id(), time.perf_counter()
-        request.state.request_id = rid
-        try:
-            response = await call_next(request)
-        except HTTPError as e:  # raised by BodyLimit while the body streams in
-            response = _error(e)
-        latency = time.perf_counter() - t0
-        service.metrics.observe(response.status_code, latency)
-        response.headers["X-Request-ID"] = rid
-        log.info(json.dumps({"id": rid, "method": request.method, "path": request.url.path,
-                             "status": response.status_code, "bytes_in": int(request.headers.get("content-length") or 0),
-                             "bytes_out": int(response.headers.get("content-length") or 0),
-                             "latency_ms": round(latency * 1000, 1)}))
-        return response
-
-    def _error(e: HTTPError):
-        return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+        return await _logged(service, request, call_next)
 
     @app.get("/healthz")
     async def healthz():
