@@ -3,12 +3,16 @@
 bitrate, 44.1 kHz audio), decoded in a fresh child process per setting, which reports its own
 peak RSS from the kernel (VmHWM, so nothing is missed between samples).
 
-Settings: the default decode (16 frames @ 224 + 16 kHz audio, decord and PyAV), and one pass
-with many views (a 3D-CNN window view at 15 fps, grey low-res frames, keyframes, shots).
+Peak RSS = the child's VmHWM after decoding (and, for *_extract, after the extractor ran).
+Settings: the default decode (16 frames @ 224 + 16 kHz audio, decord and PyAV), one pass
+with many views (a 3D-CNN window view at 15 fps, grey low-res frames, keyframes, shots), and
+the window views of the two 3D families' defaults alone: R(2+1)D-18 (16 frames @ 15 fps, short
+side 128) and I3D (64 frames @ 25 fps, short side 256), each with the family's `max_windows` cap
+(configs/extractors/video3d.yaml, i3d_rgb.yaml; `--only NAME` runs some settings).
 The clip is written once with ffmpeg (about 2 minutes on 2 cores) and reused.
 Prints and saves bench/results/decode_memory.json.
 
-    python bench/decode_memory.py [--clip /tmp/long720.mp4] [--minutes 10]
+    python bench/decode_memory.py [--clip /tmp/long720.mp4] [--minutes 10] [--only i3d_window_pyav ...]
 """
 from __future__ import annotations
 
@@ -34,6 +38,12 @@ SETTINGS = {
         {"kind": "uniform", "num_frames": 32, "short_side": 112, "gray": True},   # trajectories / flow
         {"kind": "keyframes", "num_frames": 64, "short_side": 224},
         {"kind": "shots", "num_frames": 64, "short_side": 224}]},
+    "video3d_window_pyav": {"backend": "auto", "views": [
+        {"kind": "window", "num_frames": 16, "fps": 15, "short_side": 128, "max_windows": 64}]},
+    "i3d_window_pyav": {"backend": "auto", "views": [
+        {"kind": "window", "num_frames": 64, "fps": 25, "short_side": 256, "max_windows": 32}]},
+    # decode + the I3D RGB extractor itself (random weights, its YAML otherwise) in one process
+    "i3d_rgb_extract": {"backend": "auto", "views": [], "extract": "i3d_rgb"},
 }
 
 CHILD = r"""
@@ -45,14 +55,26 @@ def hwm_mb():  # this process's own peak RSS (getrusage's ru_maxrss would includ
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return round(int(line.split()[1]) / 1024, 1)
 views = {v.key(): v for v in (View(**d) for d in setting["views"])}
+ext = None
+if setting.get("extract"):
+    from extractors import build_extractor
+    from pipeline.config import load_config
+    name = setting["extract"]
+    ext = build_extractor(name, {**load_config().extractors[name], "weights": "random"}, "cpu")
+    views.update({v.key(): v for v in ext.views().values()})
 t0 = time.perf_counter()
 clip = decode_video(sys.argv[2], DecodeOptions(backend=setting["backend"], views=views))
 sec = time.perf_counter() - t0
 kept = clip.frames.nbytes + sum(a.nbytes for a in clip.views.values()) + (clip.audio.nbytes if clip.audio is not None else 0)
-print(json.dumps({"seconds": round(sec, 1), "backend": clip.backend, "decoded_frames": clip.meta.get("decoded_frames"),
-                  "frames": list(clip.frames.shape), "views": {k: list(a.shape) for k, a in clip.views.items()},
-                  "clip_mb": round(kept / 2**20, 1), "duration_s": round(clip.duration, 1),
-                  "peak_rss_mb": hwm_mb()}))
+out = {"seconds": round(sec, 1), "backend": clip.backend, "decoded_frames": clip.meta.get("decoded_frames"),
+       "frames": list(clip.frames.shape), "views": {k: list(a.shape) for k, a in clip.views.items()},
+       "clip_mb": round(kept / 2**20, 1), "duration_s": round(clip.duration, 1), "peak_rss_mb": hwm_mb()}
+if ext is not None:
+    t0 = time.perf_counter()
+    f = ext.extract([clip])[0]
+    out.update(extract_seconds=round(time.perf_counter() - t0, 1), sequence=list(f.sequence.shape),
+               precision=ext.precision, window=ext.metadata()["window"], peak_rss_after_extract_mb=hwm_mb())
+print(json.dumps(out))
 """
 
 
@@ -82,14 +104,16 @@ def main():
     ap.add_argument("--clip", default="/tmp/long720.mp4")
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode_memory.json"))
+    ap.add_argument("--only", nargs="*", choices=sorted(SETTINGS), help="run these settings only")
     args = ap.parse_args()
+    settings = {k: v for k, v in SETTINGS.items() if not args.only or k in args.only}
     clip = Path(args.clip)
     if not clip.exists():
         print(f"writing {clip} ({args.minutes:g} min 1280x720) ...", flush=True)
         make_clip(clip, args.minutes)
     results = {"clip": str(clip), "clip_mb": round(clip.stat().st_size / 2**20, 1), "cpu_count": os.cpu_count(),
-               "loadavg_before": os.getloadavg(), "versions": versions(), "settings": SETTINGS}
-    for name, setting in SETTINGS.items():
+               "loadavg_before": os.getloadavg(), "versions": versions(), "settings": settings}
+    for name, setting in settings.items():
         t0 = time.perf_counter()
         results[name] = measure(clip, setting)
         results[name]["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -48,13 +48,13 @@ SETTINGS = {
         "sun": ["models.sun.action_modality=rgb", "models.sun.scene_modality=audio", "models.sun.joint_dim=16",
                 "models.sun.input_dim=128", "models.sun.clusters=8"],
         # heads x classes = 11,586-wide attention for 3,862 labels: 1,024 keeps the epoch affordable
-        "marnet": ["models.marnet.attention_dim=1024"],
+        "marnet": ["models.marnet.paper.attention_dim=1024"],
     },
     "mosi": {
         "sun": ["models.sun.action_modality=video", "models.sun.scene_modality=text", "models.sun.input_dim=64",
                 "models.sun.clusters=8"],
         # the published widths are for 2,048-d inputs; MOSI's are 73-100 wide (and the CPU is shared)
-        "marnet": ["models.marnet.group_dim=256", "models.marnet.gnn_hidden=256"],
+        "marnet": ["models.marnet.paper.group_dim=256", "models.marnet.paper.gnn_hidden=256"],
     },
 }
 METRICS = {"yt8m": [("val", "gap@20"), ("val", "map"), ("val", "hit@1"), ("val", "coverage"), ("val", "ranking_loss"),

@@ -20,50 +20,49 @@ named by the YAML's `family:` (configs/extractors/<name>.yaml); <name> is the mo
 """
 from __future__ import annotations
 
-from .asr import ASRExtractor
-from .audio_dae import AudioDAEExtractor
-from .base import Extractor, Features, WeightsNotFound
-from .doc2vec import Doc2VecExtractor
-from .emotion import EmotionLexiconExtractor
-from .hf_audio import HFAudioExtractor
-from .i3d import I3DExtractor
-from .image_text import ImageTextExtractor
-from .mfcc import MFCCExtractor
-from .resnet import ResNetExtractor
-from .scene import SceneExtractor
-from .subtitles import SubtitleExtractor
-from .text import TextExtractor, embed_texts
-from .trajectory import TrajectoryExtractor
-from .vggish import VGGishExtractor
-from .video3d import Video3DExtractor
+import importlib
 
-FAMILIES = {
-    "resnet": ResNetExtractor,
-    "vggish": VGGishExtractor,
-    "audio_dae": AudioDAEExtractor,
-    "transformer_text": TextExtractor,
-    "doc2vec": Doc2VecExtractor,
-    "dense_trajectory": TrajectoryExtractor,
-    "mfcc": MFCCExtractor,
-    "hf_audio": HFAudioExtractor,
-    "subtitles": SubtitleExtractor,
-    "asr": ASRExtractor,
-    "video3d": Video3DExtractor,
-    "i3d": I3DExtractor,
-    "image_text": ImageTextExtractor,
-    "scene": SceneExtractor,
-    "nrc_emotion": EmotionLexiconExtractor,
+from .base import Extractor, Features, WeightsNotFound, _plain
+from .text import embed_texts   # cheap: transformers is imported when a text encoder is built
+
+# family (YAML `family:`) -> "module:Class", imported on first use: a run that extracts `visual`
+# alone never imports transformers, open_clip, timm, PySceneDetect or librosa (nor the other
+# families' modules). Each class names its reference YAML in `defaults`.
+FAMILIES: dict[str, str] = {
+    "resnet": "extractors.resnet:ResNetExtractor",
+    "vggish": "extractors.vggish:VGGishExtractor",
+    "audio_dae": "extractors.audio_dae:AudioDAEExtractor",
+    "transformer_text": "extractors.text:TextExtractor",
+    "doc2vec": "extractors.doc2vec:Doc2VecExtractor",
+    "dense_trajectory": "extractors.trajectory:TrajectoryExtractor",
+    "mfcc": "extractors.mfcc:MFCCExtractor",
+    "hf_audio": "extractors.hf_audio:HFAudioExtractor",
+    "subtitles": "extractors.subtitles:SubtitleExtractor",
+    "asr": "extractors.asr:ASRExtractor",
+    "video3d": "extractors.video3d:Video3DExtractor",
+    "i3d": "extractors.i3d:I3DExtractor",
+    "image_text": "extractors.image_text:ImageTextExtractor",
+    "scene": "extractors.scene:SceneExtractor",
+    "nrc_emotion": "extractors.emotion:EmotionLexiconExtractor",
 }
 
 
-def build_extractor(name: str, cfg, device: str = "cpu") -> Extractor:
-    """The extractor for modality `name` from its config section (`cfg.extractors.<name>`)."""
+def family_class(family: str) -> type[Extractor]:
+    """The class of a YAML `family:` name (imports its module)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r} is not one of {sorted(FAMILIES)}")
+    module, attr = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_extractor(name: str, cfg, device: str = "cpu", seed: int | None = None) -> Extractor:
+    """The extractor for modality `name` from its config section (`cfg.extractors.<name>`), merged
+    strictly over its family's reference YAML; `seed` = the run's seed (random weights, fitting)."""
     family = cfg.get("family") if cfg is not None else None
     if family not in FAMILIES:
         raise ValueError(f"extractor {name!r}: family {family!r} is not one of {sorted(FAMILIES)}")
-    ext = FAMILIES[family](cfg, device)
-    ext.modality = name
-    return ext
+    return family_class(family)({**_plain(cfg), "modality": name}, device, seed=seed)
 
 
-__all__ = ["Extractor", "Features", "WeightsNotFound", "FAMILIES", "build_extractor", "embed_texts"]
+__all__ = ["Extractor", "Features", "WeightsNotFound", "FAMILIES", "family_class", "build_extractor",
+           "embed_texts"]

@@ -80,32 +80,35 @@ def save_random_whisper(folder, langs=("en", "de"), seed: int = 0, fe: dict | No
 
 class ASRExtractor(Extractor):
     family = "asr"
+    defaults = "speech_text"
+    reads = "audio"
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import hf_repo, local_file
 
-        name = str(cfg.get("model") or "openai/whisper-base")
-        asr = [local_file(name)] if _is_local(name) else [hf_repo(name, cfg.get("revision"))]
         from .text import TextExtractor
 
-        return asr + TextExtractor.weights_spec(dict(cfg.get("text") or {}))
+        cfg = cls.resolved(cfg)
+        name = str(cfg["model"])
+        asr = [local_file(name)] if _is_local(name) else [hf_repo(name, cfg["revision"])]
+        return asr + TextExtractor.weights_spec(cfg["text"])
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
         from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
         c = self.cfg
-        self.model_name = str(c.get("model") or "openai/whisper-base")
-        self.revision = c.get("revision")
-        self.weights = str(c.get("weights", "pretrained"))
-        self.language = c.get("language")
-        self.task = str(c.get("task", "transcribe"))
-        self.num_beams = int(c.get("num_beams", 1))
-        self.max_new_tokens = int(c.get("max_new_tokens", 128))
-        self.batch_clips = int(c.get("batch_clips", 8))
-        self.silence_dbfs = float(c.get("silence_dbfs", -70.0))
-        self.precision = resolve_precision(c.get("precision", "auto"), self.device)
+        self.model_name = str(c["model"])
+        self.revision = c["revision"]
+        self.weights = str(c["weights"])
+        self.language = c["language"]
+        self.task = str(c["task"])
+        self.num_beams = int(c["num_beams"])
+        self.max_new_tokens = int(c["max_new_tokens"])
+        self.batch_clips = int(c["batch_clips"])
+        self.silence_dbfs = float(c["silence_dbfs"])
+        self.precision = resolve_precision(c["precision"], self.device)
         self.processor = load_pretrained(WhisperProcessor, self.model_name, self.revision, "tokenizer / feature extractor")
         if self.weights == "random":
             self.model, self.architecture = build_random(WhisperForConditionalGeneration, WhisperConfig,
@@ -124,7 +127,7 @@ class ASRExtractor(Extractor):
         gen = self.model.generation_config
         self.timestamp_begin = int(gen.no_timestamps_token_id) + 1
         self.id_to_lang = {v: k.strip("<|>") for k, v in getattr(gen, "lang_to_id", {}).items()}
-        self.encoder = text_encoder(dict(c.get("text") or {}), self.device)
+        self.encoder = text_encoder(c["text"], self.device)
         self.dim = self.encoder.dim
         self.record = weights_record(self.model, self.model_name)
         self.languages_seen: dict[str, int] = {}
@@ -188,6 +191,12 @@ class ASRExtractor(Extractor):
                 f.info = {"language": lang}
                 self.languages_seen[str(lang)] = self.languages_seen.get(str(lang), 0) + 1
         return feats
+
+    def missing_reason(self, clip):
+        reason = super().missing_reason(clip)
+        if reason.startswith(f"{self.modality}:"):   # audio there and not silent: Whisper wrote no words
+            return "no speech: the transcript has no words"
+        return reason
 
     def metadata(self):
         enc = self.encoder.metadata()

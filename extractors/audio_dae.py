@@ -47,19 +47,22 @@ def build_sdae(sizes: list[int]) -> tuple[nn.ModuleList, nn.ModuleList]:
 class AudioDAEExtractor(Extractor):
     family = "audio_dae"
     needs_fit = True
+    defaults = "audio_dae"
+    reads = "audio"
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.hidden = [int(h) for h in self.cfg.get("hidden", [500, 400, 300])]
-        self.dim = int(self.cfg.get("code_dim", 200))
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
+        c = self.cfg
+        self.hidden = [int(h) for h in c["hidden"]]
+        self.dim = int(c["code_dim"])
         self.sizes = [N_FFT // 2 + 1, *self.hidden, self.dim]
-        self.mask = float(self.cfg.get("mask", 0.2))
-        self.epochs = int(self.cfg.get("layer_epochs", 10))
-        self.finetune_epochs = int(self.cfg.get("finetune_epochs", 5))
-        self.lr = float(self.cfg.get("lr", 1e-3))
-        self.batch_size = int(self.cfg.get("batch_size", 256))
-        self.max_frames = int(self.cfg.get("max_fit_frames", 200_000))
-        self.segment_s = float(self.cfg.get("segment_s", 1.0))
+        self.mask = float(c["mask"])
+        self.epochs = int(c["layer_epochs"])
+        self.finetune_epochs = int(c["finetune_epochs"])
+        self.lr = float(c["lr"])
+        self.batch_size = int(c["batch_size"])
+        self.max_frames = int(c["max_fit_frames"])
+        self.segment_s = float(c["segment_s"])
         torch.manual_seed(self.seed)
         self.enc, self.dec = build_sdae(self.sizes)
         self.enc.to(self.device), self.dec.to(self.device)

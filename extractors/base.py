@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -56,14 +57,39 @@ class Extractor:
     modality: str = ""
     needs_fit: bool = False
     dim: int = 0
+    # The YAML under configs/extractors/ that declares every key this family reads, with its
+    # default: the config is merged over it strictly (pipeline.config.strict_section), so a
+    # mistyped key is an error and the code reads cfg[key] with no default of its own.
+    defaults: str = ""
+    # What `extract` reads of a Clip: frames | audio | title | subtitles | text (subtitles, else
+    # the title). `missing_reason` says which of it was absent when a video gets no features.
+    reads: str = "frames"
 
-    def __init__(self, cfg: Mapping[str, Any] | None, device: str = "cpu"):
+    def __init__(self, cfg: Mapping[str, Any] | None, device: str = "cpu", seed: int | None = None):
         cfg = _plain(cfg or {})
-        self.cfg = cfg
+        seed = cfg.pop("seed", 0) if seed is None else seed   # the pipeline's seed, not a family key
+        modality = cfg.get("modality")
+        self.cfg = self.resolved(cfg)
         self.device = torch.device(device)
-        self.modality = cfg.get("modality", self.modality or self.family)
-        self.seed = int(cfg.get("seed", 0))
+        self.modality = modality or self.modality or self.family
+        self.seed = int(seed)
         self.fitted = not self.needs_fit
+
+    @classmethod
+    def resolved(cls, cfg: Mapping[str, Any] | None) -> dict:
+        """`cfg` (a raw cfg.extractors.<name> section: dict, DictConfig or None) as the family reads
+        it: the framework keys `seed` and `modality` dropped, merged strictly over the reference YAML
+        `configs/extractors/<defaults>.yaml`, so every key is there and a mistyped one is a
+        ConfigError naming the closest declared key. `__init__` sets `self.cfg` to this; class
+        methods that get the raw section (`weights_spec`) call it themselves."""
+        cfg = _plain(cfg or {})
+        cfg.pop("seed", None)
+        modality = cfg.pop("modality", None)
+        if not cls.defaults:
+            return cfg
+        from pipeline.config import strict_section
+
+        return strict_section(f"extractors/{cls.defaults}", cfg, f"extractors.{modality or cls.defaults}")
 
     # -- the interface -------------------------------------------------------------------------
     def extract(self, clips: list) -> list[Features | None]:
@@ -91,6 +117,29 @@ class Extractor:
         is left there instead: re-raise it so that only this video fails)."""
         return None
 
+    def missing_reason(self, clip) -> str:
+        """Why `extract` returned None for `clip`, recorded in the catalog beside the "missing"
+        status: the input of `reads` that the clip lacks (a family with reasons of its own, ASR's
+        "no words", overrides this)."""
+        if self.reads == "audio":
+            if clip.audio is None or len(clip.audio) == 0:
+                return clip.meta.get("audio_error", "no audio track")
+            limit = getattr(self, "silence_dbfs", None)
+            if limit is not None:
+                from .mfcc import rms_dbfs
+
+                if rms_dbfs(clip.audio) < limit:
+                    return f"silent audio track (RMS {rms_dbfs(clip.audio):.0f} dBFS < silence_dbfs {limit:g})"
+        if self.reads == "title" and not str(clip.title or "").strip():
+            return "no title"
+        if self.reads == "subtitles" and not clip.subtitles:
+            return "no subtitles (no sidecar .srt/.vtt/.ass, no embedded stream)"
+        if self.reads == "text" and not clip.subtitles and not str(clip.title or "").strip():
+            return "no subtitles and no title"
+        if self.reads == "frames" and (clip.frames is None or len(clip.frames) == 0):
+            return "no decoded frames"
+        return f"{self.modality}: no features for this video"
+
     def fit(self, clips: list) -> None:
         raise TypeError(f"{type(self).__name__} learns nothing from the corpus (needs_fit=False)")
 
@@ -104,8 +153,10 @@ class Extractor:
     def metadata(self) -> dict:
         from pipeline.config import versions
 
+        # `config` is what rebuilds this extractor (predict on new videos): the resolved section
+        # and the seed that random weights and fitting depend on.
         return {"family": self.family, "modality": self.modality, "dim": self.dim,
-                "device": str(self.device), "config": dict(self.cfg), "versions": versions(),
+                "device": str(self.device), "config": {**self.cfg, "seed": self.seed}, "versions": versions(),
                 "fitted": self.fitted}
 
     def _check_fitted(self):
@@ -159,24 +210,39 @@ def autocast(device: torch.device, precision: str):
 
 
 @contextlib.contextmanager
-def one_thread(device: torch.device):
-    """Run small-tensor CPU work (trajectory maps, k-means, the DAE's 500-unit layers) on one
-    thread: for such work, intra-op threads (torch, OpenMP in scikit-learn, BLAS) cost more in
-    synchronisation than they gain, up to 20x slower when the cores are shared (measured:
-    k-means 512 x 20k points, 5 s on one thread vs 105 s on two under load). Throughput comes
-    from the decode workers and from batching the big networks instead."""
-    if device.type != "cpu":
+def one_thread(device: torch.device | str | None = None):
+    """Run small-tensor CPU work (trajectory maps, k-means, the DAE's 500-unit layers, the r x r
+    LAPACK calls of pipeline/lowrank.py) on one thread: torch's intra-op threads and the BLAS /
+    OpenMP pools of numpy, scipy and scikit-learn. For such work threads cost more in
+    synchronisation than they gain, up to 20x slower when the cores are shared (measured: k-means
+    512 x 20k points, 5 s on one thread vs 105 s on two under load; a rank-100 Cholesky inverse
+    0.17 s instead of 0.1 ms). Throughput comes from the decode workers and from batching the big
+    networks instead. `device`: where the work runs; on a GPU nothing is limited. None = CPU
+    work of a caller without a device (or whose tensors may live anywhere: lowrank)."""
+    if device is not None and torch.device(device).type != "cpu":
         yield
         return
-    from threadpoolctl import threadpool_limits
-
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with threadpool_limits(1):
+        with _thread_pools().limit(limits=1):
             yield
     finally:
         torch.set_num_threads(old)
+
+
+_POOLS: list = [None, -1]   # [threadpoolctl controller, len(sys.modules) when it was made]
+
+
+def _thread_pools():
+    """threadpoolctl's controller of the native thread pools loaded so far. Finding them scans
+    every loaded library (~10 ms, against 0.1 ms for a limit through the controller), so it is
+    redone only when modules were imported since: only an import loads a new native library."""
+    if _POOLS[0] is None or _POOLS[1] != len(sys.modules):
+        from threadpoolctl import ThreadpoolController
+
+        _POOLS[:] = [ThreadpoolController(), len(sys.modules)]
+    return _POOLS[0]
 
 
 # -- weights -----------------------------------------------------------------------------------

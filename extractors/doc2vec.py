@@ -28,11 +28,13 @@ def tokenize(text: str) -> list[str]:
 class Doc2VecExtractor(Extractor):
     family = "doc2vec"
     needs_fit = True
+    defaults = "text_doc2vec"
+    reads = "title"
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.dim = int(self.cfg.get("vector_size", 100))
-        self.max_chars = self.cfg.get("max_chars")
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
+        self.dim = int(self.cfg["vector_size"])
+        self.max_chars = self.cfg["max_chars"]
         self.model = None
 
     def _words(self, title):
@@ -48,16 +50,16 @@ class Doc2VecExtractor(Extractor):
         docs = [TaggedDocument(w, [i]) for i, w in enumerate(self._words(c.title) for c in clips) if w]
         if not docs:
             raise ValueError("doc2vec.fit: none of the fit clips has a title")
-        self.model = Doc2Vec(vector_size=self.dim, window=int(self.cfg.get("window", 5)),
-                             min_count=int(self.cfg.get("min_count", 1)), dm=int(self.cfg.get("dm", 1)),
-                             epochs=int(self.cfg.get("epochs", 40)), seed=self.seed, workers=1)
+        c = self.cfg
+        self.model = Doc2Vec(vector_size=self.dim, window=int(c["window"]), min_count=int(c["min_count"]),
+                             dm=int(c["dm"]), epochs=int(c["epochs"]), seed=self.seed, workers=1)
         self.model.build_vocab(docs)
         self.model.train(docs, total_examples=len(docs), epochs=self.model.epochs)
         self.fitted = True
 
     def infer(self, words: list[str]) -> np.ndarray:
         self.model.random = np.random.RandomState(zlib.crc32(" ".join(words).encode()) ^ self.seed)
-        return self.model.infer_vector(words, epochs=int(self.cfg.get("infer_epochs", 50))).astype(np.float32)
+        return self.model.infer_vector(words, epochs=int(self.cfg["infer_epochs"])).astype(np.float32)
 
     def extract(self, clips):
         self._check_fitted()

@@ -88,10 +88,12 @@ class EmotionLexiconExtractor(Extractor):
 
     family = "nrc_emotion"
     modality = "emotion"
+    defaults = "emotion"
+    reads = "text"
     dim = len(COLUMNS)
 
     def extract(self, clips):
-        n = int(self.cfg.get("segments", 8))
+        n = int(self.cfg["segments"])
         out = []
         for clip in clips:
             subs, title = getattr(clip, "subtitles", None), getattr(clip, "title", None)

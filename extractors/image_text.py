@@ -36,8 +36,6 @@ from .base import Extractor, WeightsNotFound, autocast, resolve_precision, sha25
 from .video3d import frames_and_times, rows_to_features
 
 BACKENDS = ("clip", "siglip", "open_clip", "timm")
-DEFAULT_MODELS = {"clip": "openai/clip-vit-base-patch32", "siglip": "google/siglip-base-patch16-224",
-                  "open_clip": "ViT-B-32", "timm": "vit_base_patch16_clip_224.openai"}
 
 
 class Prep:
@@ -119,33 +117,83 @@ def _timm_prep(model) -> Prep:
     return Prep(resize, crop, cfg["mean"], cfg["std"], cfg["interpolation"])
 
 
+def open_clip_files(model: str, pretrained: str) -> list:
+    """What open_clip reads for `create_model(model, pretrained=...)`, without loading it: a local
+    file, or the tag's Hugging Face repo and file. open_clip knows each (model, tag) pair's
+    `hf_hub` ("org/repo/file", or "org/repo/" for its default file) and, with huggingface_hub
+    installed, always loads from the hub cache, trying the .safetensors twin of a .bin first."""
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives, get_pretrained_cfg
+
+    from pipeline.weights import hf_repo, local_file
+
+    if Path(pretrained).expanduser().is_file():
+        return [local_file(pretrained)]
+    tag = get_pretrained_cfg(model, pretrained)
+    if not tag.get("hf_hub"):   # not a tag of this model: listed as the file it would have to be
+        return [local_file(pretrained)]
+    repo, name = os.path.split(tag["hf_hub"])
+    name = name or HF_WEIGHTS_NAME
+    return [hf_repo(repo, files=[*_get_safe_alternatives(name), name])]   # open_clip's own twin rule
+
+
+def timm_files(model: str) -> list:
+    """The hub weights `timm.create_model(model, pretrained=True)` reads: the model tag's HF repo
+    (its file, .safetensors twin first, as timm tries them) or its URL (torch hub cache)."""
+    import timm.models
+    from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+    from pipeline.weights import hf_repo, torch_file
+
+    cfg = timm.models.get_pretrained_cfg(model)
+    if cfg is None:   # not a timm model name: create_model says so
+        return []
+    if cfg.hf_hub_id:
+        name = cfg.hf_hub_filename or HF_WEIGHTS_NAME
+        return [hf_repo(cfg.hf_hub_id, files=[*_get_safe_alternatives(name), name])]
+    return [torch_file(cfg.url)] if cfg.url else []
+
+
+def model_and_pretrained(cfg) -> tuple[str, str | None]:
+    """(model name, open_clip tag / timm file) of a resolved config: `model: null` is the
+    backend's entry in `backend_models`, open_clip's `pretrained: null` is `open_clip_pretrained`."""
+    backend = cfg["backend"]
+    if backend not in BACKENDS:
+        raise ValueError(f"image_text backend must be one of {BACKENDS}, got {backend!r}")
+    model = str(cfg["model"] or cfg["backend_models"][backend])
+    pretrained = cfg["pretrained"] or (cfg["open_clip_pretrained"] if backend == "open_clip" else None)
+    return model, (str(pretrained) if pretrained else None)
+
+
 class ImageTextExtractor(Extractor):
     family = "image_text"
+    defaults = "image_text"   # configs/extractors/image_text.yaml declares every key read below
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import hf_repo, local_file
 
-        backend = cfg.get("backend", "clip")
-        model = str(cfg.get("model") or DEFAULT_MODELS.get(backend, ""))
-        if cfg.get("weights", "pretrained") == "random":
+        cfg = cls.resolved(cfg)
+        backend = cfg["backend"]
+        model, pretrained = model_and_pretrained(cfg)
+        if cfg["weights"] == "random":
             return []
         if backend in ("clip", "siglip"):
-            return [local_file(model)] if Path(model).expanduser().is_dir() else [hf_repo(model, cfg.get("revision"))]
-        pretrained = cfg.get("pretrained")
-        return [local_file(pretrained)] if pretrained and Path(str(pretrained)).is_file() else []
+            return [local_file(model)] if Path(model).expanduser().is_dir() else [hf_repo(model, cfg["revision"])]
+        if backend == "open_clip":
+            return open_clip_files(model, pretrained)
+        return [local_file(pretrained)] if pretrained else timm_files(model)
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.backend = str(self.cfg.get("backend", "clip"))
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed=seed)
+        self.backend = str(self.cfg["backend"])
         if self.backend not in BACKENDS:
             raise ValueError(f"image_text backend must be one of {BACKENDS}, got {self.backend!r}")
-        self.model_name = str(self.cfg.get("model") or DEFAULT_MODELS[self.backend])
-        self.revision = self.cfg.get("revision")
-        self.random = str(self.cfg.get("weights", "pretrained")) == "random"
-        self.batch_frames = int(self.cfg.get("batch_frames", 64))
-        self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
-        self.view = self.cfg.get("view")
+        self.model_name, self.pretrained = model_and_pretrained(self.cfg)
+        self.revision = self.cfg["revision"]
+        self.random = str(self.cfg["weights"]) == "random"
+        self.batch_frames = int(self.cfg["batch_frames"])
+        self.precision = resolve_precision(self.cfg["precision"], self.device)
+        self.view = self.cfg["view"]
         self.text_model = self.tokenizer = None
         self.weights_id, self.sha256 = "random" if self.random else self.model_name, None
         getattr(self, f"_load_{'hf' if self.backend in ('clip', 'siglip') else self.backend}")()
@@ -176,11 +224,16 @@ class ImageTextExtractor(Extractor):
     def _load_open_clip(self):
         import open_clip
 
-        pretrained = None if self.random else (self.cfg.get("pretrained") or "openai")
+        from open_clip.pretrained import get_pretrained_cfg
+
+        pretrained = None if self.random else self.pretrained
+        # A tag trained with QuickGELU (OpenAI's) needs it in the model too; open_clip only warns.
+        quick_gelu = bool(get_pretrained_cfg(self.model_name, self.pretrained).get("quick_gelu"))
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             try:
-                self.model = open_clip.create_model(self.model_name, pretrained=pretrained)
+                self.model = open_clip.create_model(self.model_name, pretrained=pretrained,
+                                                    force_quick_gelu=quick_gelu)
             except RuntimeError as e:  # open_clip raises RuntimeError for a missing pretrained file / tag
                 raise WeightsNotFound(f"open_clip {self.model_name} pretrained={pretrained!r} is not available "
                                       f"({str(e).splitlines()[0]}); set `weights: random` or give a file") from e
@@ -196,9 +249,12 @@ class ImageTextExtractor(Extractor):
     def _load_timm(self):
         import timm
 
-        weights = str(self.cfg.get("pretrained") or True)
+        weights = self.pretrained or ""   # a state-dict file; none = the model's own hub weights
         kw = {}
-        if not self.random and Path(weights).is_file():
+        if not self.random and weights:
+            if not Path(weights).expanduser().is_file():
+                raise WeightsNotFound(f"timm pretrained file {weights} does not exist (give a state-dict file, "
+                                      "or pretrained: null for the model's hub weights)")
             kw = {"pretrained_cfg_overlay": {"file": weights}}
             self.sha256 = sha256_file(weights)
         with torch.random.fork_rng():

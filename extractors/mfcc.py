@@ -47,21 +47,23 @@ def window_summary(frames: np.ndarray, frame_t: np.ndarray, window_s: float, dur
 
 class MFCCExtractor(Extractor):
     family = "mfcc"
+    defaults = "audio_mfcc"
+    reads = "audio"
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
         c = self.cfg
-        self.sample_rate = int(c.get("sample_rate", 22050))
-        self.n_mfcc = int(c.get("n_mfcc", 40))
-        self.n_mels = int(c.get("n_mels", 128))
-        self.deltas = int(c.get("deltas", 1))
+        self.sample_rate = int(c["sample_rate"])
+        self.n_mfcc = int(c["n_mfcc"])
+        self.n_mels = int(c["n_mels"])
+        self.deltas = int(c["deltas"])
         if self.deltas not in (0, 1, 2):
             raise ValueError(f"mfcc deltas must be 0, 1 or 2, got {self.deltas}")
-        self.win_length = int(round(float(c.get("win_ms", 25.0)) * self.sample_rate / 1000))
-        self.hop_length = int(round(float(c.get("hop_ms", 10.0)) * self.sample_rate / 1000))
-        self.n_fft = int(c.get("n_fft") or 1 << (self.win_length - 1).bit_length())
-        self.window_s = float(c.get("window_s", 1.0))
-        self.silence_dbfs = float(c.get("silence_dbfs", -70.0))
+        self.win_length = int(round(float(c["win_ms"]) * self.sample_rate / 1000))
+        self.hop_length = int(round(float(c["hop_ms"]) * self.sample_rate / 1000))
+        self.n_fft = int(c["n_fft"] or 1 << (self.win_length - 1).bit_length())   # null = next power of two
+        self.window_s = float(c["window_s"])
+        self.silence_dbfs = float(c["silence_dbfs"])
         self.dim = 2 * self.n_mfcc * (1 + self.deltas)
 
     def frames(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -194,15 +194,8 @@ def torch_flows(frames, device: str | torch.device = "cpu", window_sigma: float 
     else:
         gray = torch.from_numpy(to_gray(frames))
     img = gray.to(device).float().div_(255)[:, None]                         # (T, 1, h, w)
-    h, w = img.shape[-2:]
-    levels = 1
-    while levels < max_levels and min(h, w) / 2 ** levels >= min_size:
-        levels += 1
-    pyramid = [img]
-    for _ in range(levels - 1):
-        pyramid.append(downsample(pyramid[-1]))
     flow = None
-    for level in reversed(pyramid):
+    for level in reversed(pyramid(img, min_size, max_levels)):
         i1, i2 = level[:-1], level[1:]
         lh, lw = i1.shape[-2:]
         if flow is None:
@@ -211,17 +204,35 @@ def torch_flows(frames, device: str | torch.device = "cpu", window_sigma: float 
             scale = torch.tensor([lw / flow.shape[-1], lh / flow.shape[-2]], device=img.device)
             flow = F.interpolate(flow, size=(lh, lw), mode="bilinear", align_corners=False) * scale[None, :, None, None]
         for _ in range(iterations):
-            i2w = warp(i2, flow)
-            ix, iy = gradients((i1 + i2w) / 2)
-            it = i2w - i1
-            a11, a12, a22, b1, b2 = gaussian_blur(torch.cat([ix * ix, ix * iy, iy * iy, ix * it, iy * it], 1),
-                                                  window_sigma).unbind(1)
-            a11, a22 = a11 + regularisation, a22 + regularisation
-            det = a11 * a22 - a12 * a12
-            du = (a12 * b2 - a22 * b1) / det
-            dv = (a12 * b1 - a11 * b2) / det
-            flow = median3x3(flow + torch.stack([du, dv], 1))
+            flow = median3x3(flow + lucas_kanade_step(i1, warp(i2, flow), window_sigma, regularisation))
     return flow.permute(0, 2, 3, 1).contiguous()
+
+
+def pyramid(img: torch.Tensor, min_size: int, max_levels: int) -> list[torch.Tensor]:
+    """[img, img / 2, ...]: halved until the short side would drop below `min_size` px, at most
+    `max_levels` levels."""
+    h, w = img.shape[-2:]
+    levels = 1
+    while levels < max_levels and min(h, w) / 2 ** levels >= min_size:
+        levels += 1
+    out = [img]
+    for _ in range(levels - 1):
+        out.append(downsample(out[-1]))
+    return out
+
+
+def lucas_kanade_step(i1: torch.Tensor, i2w: torch.Tensor, window_sigma: float, regularisation: float) -> torch.Tensor:
+    """(N, 2, h, w) Gauss-Newton step du of the LK normal equations of `torch_flows` between the
+    first frames i1 and the warped second frames i2w (N, 1, h, w)."""
+    ix, iy = gradients((i1 + i2w) / 2)
+    it = i2w - i1
+    a11, a12, a22, b1, b2 = gaussian_blur(torch.cat([ix * ix, ix * iy, iy * iy, ix * it, iy * it], 1),
+                                          window_sigma).unbind(1)
+    a11, a22 = a11 + regularisation, a22 + regularisation
+    det = a11 * a22 - a12 * a12
+    du = (a12 * b2 - a22 * b1) / det
+    dv = (a12 * b1 - a11 * b2) / det
+    return torch.stack([du, dv], 1)
 
 
 # -- RAFT ----------------------------------------------------------------------------------------

@@ -70,19 +70,21 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 
 class ResNetExtractor(Extractor):
     family = "resnet"
+    defaults = "visual"
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import torchvision_weights
 
-        return torchvision_weights(f"resnet{int(cfg.get('depth', 50))}", cfg.get("weights", "IMAGENET1K_V2"))
+        cfg = cls.resolved(cfg)
+        return torchvision_weights(f"resnet{int(cfg['depth'])}", cfg["weights"])
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.depth = int(self.cfg.get("depth", 50))
-        self.weights = str(self.cfg.get("weights", "IMAGENET1K_V2"))
-        self.batch_frames = int(self.cfg.get("batch_frames", 64))
-        self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
+        self.depth = int(self.cfg["depth"])
+        self.weights = str(self.cfg["weights"])
+        self.batch_frames = int(self.cfg["batch_frames"])
+        self.precision = resolve_precision(self.cfg["precision"], self.device)
         model, w, self.weights_id, self.weights_file, self.sha256 = build_resnet(self.depth, self.weights, self.seed)
         self.transform = w.transforms()
         self.dim = 2048 if self.depth >= 50 else 512

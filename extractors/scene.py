@@ -54,28 +54,31 @@ def fuse(global_p: torch.Tensor, local_p: torch.Tensor, weights, pool: str = "me
 
 class SceneExtractor(Extractor):
     family = "scene"
+    defaults = "scene"
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import torchvision_weights
 
-        return [*torchvision_weights(cfg.get("global_arch", "vgg16"), cfg.get("global_weights", "IMAGENET1K_V1")),
-                *torchvision_weights(cfg.get("local_arch", "vgg19"), cfg.get("local_weights", "IMAGENET1K_V1"))]
+        cfg = cls.resolved(cfg)
+        return [*torchvision_weights(cfg["global_arch"], cfg["global_weights"]),
+                *torchvision_weights(cfg["local_arch"], cfg["local_weights"])]
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
-        self.grid = [int(g) for g in self.cfg.get("grid", [2, 2])]
-        self.fusion = [float(w) for w in self.cfg.get("fusion", [0.5, 0.5])]
-        self.local_pool = str(self.cfg.get("local_pool", "mean"))
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
+        c = self.cfg
+        self.precision = resolve_precision(c["precision"], self.device)
+        self.grid = [int(g) for g in c["grid"]]
+        self.fusion = [float(w) for w in c["fusion"]]
+        self.local_pool = str(c["local_pool"])
         if self.local_pool not in ("mean", "max") or len(self.grid) != 2 or len(self.fusion) != 2:
             raise ValueError("scene: grid must be [rows, cols], fusion [lambda_G, lambda_L], local_pool mean|max")
-        self.input_size = int(self.cfg.get("input_size", 224))
-        self.batch_frames = int(self.cfg.get("batch_frames", 32))
-        self.view = self.cfg.get("view")
+        self.input_size = int(c["input_size"])
+        self.batch_frames = int(c["batch_frames"])
+        self.view = c["view"]
         self.branches = {}
-        for branch, arch in (("global", self.cfg.get("global_arch", "vgg16")), ("local", self.cfg.get("local_arch", "vgg19"))):
-            weights = str(self.cfg.get(f"{branch}_weights", "IMAGENET1K_V1"))
+        for branch, arch in (("global", c["global_arch"]), ("local", c["local_arch"])):
+            weights = str(c[f"{branch}_weights"])
             key = ("scene", arch, weights, self.seed, str(self.device), weights_source(weights, enum_url(arch, weights)))
             model, w, wid, path, sha = shared_model(key, lambda a=arch, wt=weights: build_torchvision(a, wt, self.seed))
             self.branches[branch] = {"model": model.to(self.device, memory_format=torch.channels_last),
@@ -91,7 +94,7 @@ class SceneExtractor(Extractor):
         if len(counts) != 1:
             raise ValueError(f"scene: the global and local classifiers have different class counts {sorted(counts)}")
         n = counts.pop()
-        classes = self.cfg.get("classes")
+        classes = self.cfg["classes"]
         labels = (Path(classes).read_text().split("\n") if classes else list(w.meta["categories"]))
         labels = [s.strip() for s in labels if s.strip()]
         if len(labels) != n:

@@ -41,8 +41,9 @@ def clean_segments(segments, duration: float | None) -> list[tuple[float, float,
 
 
 def text_encoder(cfg: dict, device) -> TextExtractor:
-    """The title encoder of text.py with the segment options (no character cut)."""
-    return TextExtractor({**{k: cfg[k] for k in TEXT_KEYS if k in cfg}, "max_chars": None}, str(device))
+    """The title encoder of text.py with the segment options of `cfg` (every key of TEXT_KEYS,
+    declared in subtitle_text.yaml and in speech_text.yaml's `text:` block); no character cut."""
+    return TextExtractor({**{k: cfg[k] for k in TEXT_KEYS}, "max_chars": None}, str(device))
 
 
 def embed_segments(encoder: TextExtractor, per_clip: list, durations: list) -> list[Features | None]:
@@ -70,13 +71,16 @@ def embed_segments(encoder: TextExtractor, per_clip: list, durations: list) -> l
 
 class SubtitleExtractor(Extractor):
     family = "subtitles"
+    defaults = "subtitle_text"
+    reads = "subtitles"
 
     @classmethod
     def weights_spec(cls, cfg):
-        return TextExtractor.weights_spec(cfg)
+        cfg = cls.resolved(cfg)
+        return TextExtractor.weights_spec({k: cfg[k] for k in TEXT_KEYS})
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
         self.encoder = text_encoder(self.cfg, self.device)
         self.dim = self.encoder.dim
 

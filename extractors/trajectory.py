@@ -37,6 +37,10 @@ from .base import Extractor, Features, frame_spans, one_thread
 from .optical_flow import compute_flows, load_raft, resolve_method, to_gray
 
 TYPES = ("traj", "hof", "mbhx", "mbhy")
+# The keys of configs/extractors/trajectory.yaml the descriptors and the codebook depend on
+# (saved with the codebook; `fit_videos` is the extract stage's).
+PARAMS = ("short_side", "track_length", "grid_step", "temporal_cells", "patch", "start_stride", "min_std",
+          "codebook_size", "encoding", "segments", "max_fit_descriptors", "flow", "raft_model", "raft_weights")
 FLOW_NAMES = {"farneback": "OpenCV Farneback", "torch": "torch pyramidal Lucas-Kanade", "raft": "torchvision RAFT"}
 
 
@@ -104,71 +108,100 @@ def dense_trajectories(frames: np.ndarray, cfg: dict, device: str | torch.device
                        raft: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
     """Descriptors of the surviving tracks of one clip: {"traj": (N, 2L), "hof", "mbhx", "mbhy",
     "when": (N,) where the track sits in the clip, 0 = first possible start, 1 = last}.
-    cfg["flow"] picks the flow back-end (farneback when absent); the flow and the tracking run on
-    `device`; `raft` is the loaded network when the flow is raft."""
-    import cv2
-
-    L, step, nt = int(cfg["track_length"]), int(cfg["grid_step"]), int(cfg["temporal_cells"])
-    patch = int(cfg["patch"])
-    cell = max(2, patch // 2)
+    `cfg` holds the trajectory keys of configs/extractors/trajectory.yaml (TrajectoryExtractor's
+    `params`); cfg["flow"] picks the flow back-end; the flow and the tracking run on `device`;
+    `raft` is the loaded network when the flow is raft."""
+    L, nt, patch = int(cfg["track_length"]), int(cfg["temporal_cells"]), int(cfg["patch"])
     device = torch.device(device)
     small = small_frames(frames, int(cfg["short_side"]))
     gray = to_gray(small)
-    T, H, W = gray.shape
-    dims = {"traj": 2 * L, "hof": 4 * nt * 9, "mbhx": 4 * nt * 8, "mbhy": 4 * nt * 8}
-    empty = {k: np.zeros((0, d), np.float32) for k, d in dims.items()}
-    empty["when"] = np.zeros(0, np.float32)
+    T = len(gray)
     if T < L + 1:
-        return empty
-    method = resolve_method(cfg.get("flow", "farneback"), device, cfg.get("raft_model", "raft_small"),
-                            cfg.get("raft_weights", "C_T_V2"))
+        return _no_tracks(L, nt)
+    method = resolve_method(cfg["flow"], device, cfg["raft_model"], cfg["raft_weights"])
     # `small` is RGB: compute_flows turns it gray for farneback / torch, RAFT takes it as it is.
     flows = compute_flows(small, method, device, raft)              # (T-1, H, W, 2) on device
     integral = integral_maps(flows)                                # (T-1, H+1, W+1, 25)
-    stride = max(1, int(cfg.get("start_stride") or L // 4))
+    out = {k: [] for k in (*TYPES, "when")}
+    for s in track_starts(T, L, cfg["start_stride"]):
+        points = grid_points(gray[s], int(cfg["grid_step"]), patch // 2, device)
+        pos, desc, inside = follow_tracks(points, flows[s:s + L], integral[s:s + L], nt, max(2, patch // 2))
+        kept = track_descriptors(pos, desc, inside, float(cfg["min_std"]))
+        if kept is None:
+            continue
+        for name, rows in kept.items():
+            out[name].append(rows)
+        out["when"].append(torch.full((len(kept["traj"]),), s / max(T - 1 - L, 1), device=device))
+    if not out["when"]:
+        return _no_tracks(L, nt)
+    return {k: torch.cat(v).cpu().numpy().astype(np.float32) for k, v in out.items()}
+
+
+def _no_tracks(L: int, nt: int) -> dict[str, np.ndarray]:
+    dims = {"traj": 2 * L, "hof": 4 * nt * 9, "mbhx": 4 * nt * 8, "mbhy": 4 * nt * 8}
+    return {**{k: np.zeros((0, d), np.float32) for k, d in dims.items()}, "when": np.zeros(0, np.float32)}
+
+
+def track_starts(T: int, L: int, stride: int | None) -> list[int]:
+    """Frames where a fresh grid of points starts: every `stride` frames (null = L / 4), and the
+    last possible start too, so the end of the clip is covered."""
+    stride = max(1, int(stride or L // 4))
     starts = list(range(0, T - L, stride))
     if starts[-1] != T - 1 - L:
-        starts.append(T - 1 - L)                                   # cover the end of the clip too
-    out = {k: [] for k in (*TYPES, "when")}
-    margin = patch // 2
+        starts.append(T - 1 - L)
+    return starts
+
+
+def grid_points(gray: np.ndarray, step: int, margin: int, device) -> torch.Tensor:
+    """(N, 2) (y, x) points every `step` px, `margin` px inside the frame, without the points of
+    textureless areas (Sec. 3.1: minimum eigenvalue below 0.001 x the frame's maximum)."""
+    import cv2
+
+    H, W = gray.shape
     ys, xs = np.mgrid[margin:H - margin:step, margin:W - margin:step]
-    for s in starts:
-        # Drop grid points in textureless areas (Sec. 3.1: min eigenvalue < 0.001 x max).
-        eig = cv2.cornerMinEigenVal(gray[s], 3)
-        keep = eig[ys, xs] >= 0.001 * max(eig.max(), 1e-12)
-        p = torch.from_numpy(np.stack([ys[keep], xs[keep]], 1).astype(np.float32)).to(device)  # (N, 2) (y, x)
-        track = [p]
-        desc = torch.zeros(len(p), nt, 4, integral.shape[-1], device=device)
-        inside = torch.ones(len(p), dtype=torch.bool, device=device)
-        for k in range(L):
-            yi = track[-1][:, 0].round().long().clamp(0, H - 1)
-            xi = track[-1][:, 1].round().long().clamp(0, W - 1)
-            # Descriptors are taken along the track: 2x2 cells around the current point,
-            # summed over the frames of each of the n_t temporal cells.
-            desc[:, k * nt // L] += cell_hists(integral[s + k], track[-1], cell)
-            nxt = track[-1] + flows[s + k][yi, xi][:, [1, 0]]
-            inside &= (nxt[:, 0] >= 0) & (nxt[:, 0] <= H - 1) & (nxt[:, 1] >= 0) & (nxt[:, 1] <= W - 1)
-            track.append(nxt)
-        pos = torch.stack(track, 1)                                # (N, L+1, 2)
-        disp = pos[:, 1:] - pos[:, :-1]                            # (N, L, 2)
-        steps = disp.norm(dim=-1)
-        length = steps.sum(1)
-        std = pos.std(1)                                           # (N, 2)
-        static = (std < float(cfg["min_std"])).all(1)
-        erratic = steps.max(1).values > 0.7 * length
-        ok = inside & ~static & ~erratic & (length > 0)
-        if not ok.any():
-            continue
-        shape = disp[ok][..., [1, 0]] / length[ok, None, None]    # (dx, dy) per step, Eq. 2
-        out["traj"].append(shape.reshape(-1, 2 * L))
-        d = desc[ok]
-        for name, sl in (("hof", slice(0, 9)), ("mbhx", slice(9, 17)), ("mbhy", slice(17, 25))):
-            block = d[..., sl].reshape(len(d), -1).clamp(min=0)  # integral-image round-off can dip below 0
-            out[name].append(torch.sqrt(block / block.sum(1, keepdim=True).clamp(min=1e-8)))
-        out["when"].append(torch.full((int(ok.sum()),), s / max(T - 1 - L, 1), device=device))
-    if not out["when"]:
-        return empty
-    return {k: torch.cat(v).cpu().numpy().astype(np.float32) for k, v in out.items()}
+    eig = cv2.cornerMinEigenVal(gray, 3)
+    keep = eig[ys, xs] >= 0.001 * max(eig.max(), 1e-12)
+    return torch.from_numpy(np.stack([ys[keep], xs[keep]], 1).astype(np.float32)).to(device)
+
+
+def follow_tracks(p: torch.Tensor, flows: torch.Tensor, integral: torch.Tensor, nt: int, cell: int):
+    """Track the points p (N, 2) through the L = len(flows) flows, P_{t+1} = P_t + w|_{P_t} (Eq. 1;
+    the flows are median-filtered already), summing the histograms of the 2x2 cells around the
+    current point over the frames of each of the n_t temporal cells. Returns the positions
+    (N, L+1, 2), the descriptors (N, nt, 4, 25) and whether each track stayed inside the frame."""
+    L, H, W = flows.shape[:3]
+    track = [p]
+    desc = torch.zeros(len(p), nt, 4, integral.shape[-1], device=p.device)
+    inside = torch.ones(len(p), dtype=torch.bool, device=p.device)
+    for k in range(L):
+        yi = track[-1][:, 0].round().long().clamp(0, H - 1)
+        xi = track[-1][:, 1].round().long().clamp(0, W - 1)
+        desc[:, k * nt // L] += cell_hists(integral[k], track[-1], cell)
+        nxt = track[-1] + flows[k][yi, xi][:, [1, 0]]
+        inside &= (nxt[:, 0] >= 0) & (nxt[:, 0] <= H - 1) & (nxt[:, 1] >= 0) & (nxt[:, 1] <= W - 1)
+        track.append(nxt)
+    return torch.stack(track, 1), desc, inside
+
+
+def track_descriptors(pos: torch.Tensor, desc: torch.Tensor, inside: torch.Tensor, min_std: float) -> dict | None:
+    """Pruning (Sec. 3.2: tracks that left the frame, static ones, erratic ones with one step over
+    70 % of the whole length), then the descriptors of the survivors: the normalised shape
+    (Eq. 2) and the RootSIFT-normalised HOF / MBHx / MBHy blocks. None when nothing survives."""
+    disp = pos[:, 1:] - pos[:, :-1]                            # (N, L, 2)
+    steps = disp.norm(dim=-1)
+    length = steps.sum(1)
+    static = (pos.std(1) < min_std).all(1)
+    erratic = steps.max(1).values > 0.7 * length
+    ok = inside & ~static & ~erratic & (length > 0)
+    if not ok.any():
+        return None
+    shape = disp[ok][..., [1, 0]] / length[ok, None, None]    # (dx, dy) per step, Eq. 2
+    out = {"traj": shape.reshape(len(shape), -1)}
+    d = desc[ok]
+    for name, sl in (("hof", slice(0, 9)), ("mbhx", slice(9, 17)), ("mbhy", slice(17, 25))):
+        block = d[..., sl].reshape(len(d), -1).clamp(min=0)  # integral-image round-off can dip below 0
+        out[name] = torch.sqrt(block / block.sum(1, keepdim=True).clamp(min=1e-8))
+    return out
 
 
 def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -188,28 +221,22 @@ def cpu_descriptors(clip, cfg: dict) -> dict[str, np.ndarray]:
 
 class TrajectoryExtractor(Extractor):
     family = "dense_trajectory"
+    defaults = "trajectory"
+    needs_fit = True
 
     @classmethod
     def weights_spec(cls, cfg):
         """RAFT's file for `flow: raft`; for `flow: auto` too, as optional (used on CUDA when present)."""
         from pipeline.weights import torchvision_weights
 
-        flow = cfg.get("flow", "farneback")
-        if flow not in ("raft", "auto"):
+        cfg = cls.resolved(cfg)
+        if cfg["flow"] not in ("raft", "auto"):
             return []
-        return torchvision_weights(cfg.get("raft_model", "raft_small"), cfg.get("raft_weights", "C_T_V2"),
-                                   optional=flow == "auto")
-    needs_fit = True
+        return torchvision_weights(cfg["raft_model"], cfg["raft_weights"], optional=cfg["flow"] == "auto")
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        defaults = {"short_side": 112, "track_length": 8, "grid_step": 5, "temporal_cells": 2, "patch": 16,
-                    "min_std": 0.8, "start_stride": None, "codebook_size": 512, "encoding": "bow",
-                    "segments": 4, "max_fit_descriptors": 50_000,
-                    # No `flow` key = farneback, the only flow of earlier versions (their saved
-                    # codebooks keep their meaning); configs/extractors/trajectory.yaml says auto.
-                    "flow": "farneback", "raft_model": "raft_small", "raft_weights": "C_T_V2"}
-        self.params = {**defaults, **{k: v for k, v in self.cfg.items() if k in defaults}}
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
+        self.params = {k: self.cfg[k] for k in PARAMS}
         self.k = int(self.params["codebook_size"])
         self.encoding = self.params["encoding"]
         if self.encoding not in ("bow", "vlad"):
@@ -304,6 +331,10 @@ class TrajectoryExtractor(Extractor):
         span = frame_spans(c.frame_times, c.duration)
         edges = span[0, 0] + (span[-1, 1] - span[0, 0]) * np.arange(segments + 1) / segments
         return Features(pooled=pooled, sequence=seq, times=np.stack([edges[:-1], edges[1:]], 1))
+
+    def missing_reason(self, clip):
+        n, need = 0 if clip.frames is None else len(clip.frames), int(self.params["track_length"]) + 1
+        return f"{n} decoded frames, tracking needs track_length + 1 = {need}" if n < need else super().missing_reason(clip)
 
     def state_dict(self):
         return {"params": dict(self.params), "flow": self.flow_id,

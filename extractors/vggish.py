@@ -133,26 +133,29 @@ def _weights_path(spec: str, url: str) -> Path:
 
 class VGGishExtractor(Extractor):
     family = "vggish"
+    defaults = "audio"
+    reads = "audio"
+    dim = 128
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import local_file, torch_file
 
-        pairs = [(cfg.get("weights", "published"), VGGISH_URL)]
-        if cfg.get("postprocess", False):
-            pairs.append((cfg.get("pca_weights", "published"), PCA_URL))
+        cfg = cls.resolved(cfg)
+        pairs = [(cfg["weights"], VGGISH_URL)]
+        if cfg["postprocess"]:
+            pairs.append((cfg["pca_weights"], PCA_URL))
         return [torch_file(url) if str(spec) in ("published", Path(url).name) else local_file(spec)
                 for spec, url in pairs if str(spec) != "random"]
-    dim = 128
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.weights = str(self.cfg.get("weights", "published"))
-        self.use_pca = bool(self.cfg.get("postprocess", False))
-        self.batch_examples = int(self.cfg.get("batch_examples", 128))
-        self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
-        self.hop_s = float(self.cfg.get("hop_s", 0.96))
-        silence = self.cfg.get("silence_dbfs")  # None: embed every track, silent ones too (the original)
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed)
+        self.weights = str(self.cfg["weights"])
+        self.use_pca = bool(self.cfg["postprocess"])
+        self.batch_examples = int(self.cfg["batch_examples"])
+        self.precision = resolve_precision(self.cfg["precision"], self.device)
+        self.hop_s = float(self.cfg["hop_s"])
+        silence = self.cfg["silence_dbfs"]  # None: embed every track, silent ones too (the original)
         self.silence_dbfs = None if silence is None else float(silence)
         hop_frames = round(self.hop_s * SAMPLE_RATE / HOP)
         if hop_frames < 1 or abs(hop_frames * HOP / SAMPLE_RATE - self.hop_s) > 1e-6:
@@ -168,7 +171,7 @@ class VGGishExtractor(Extractor):
             self.weights_file, self.sha256 = str(path), sha256_file(path)
         self.model.to(self.device, memory_format=torch.channels_last)
         if self.use_pca:
-            path = _weights_path(str(self.cfg.get("pca_weights", "published")), PCA_URL)
+            path = _weights_path(str(self.cfg["pca_weights"]), PCA_URL)
             # The published PCA file holds numpy arrays, which weights_only refuses; hub_checkpoint
             # verified its sha256 prefix (or it is the user's own file), so a full load is safe.
             pca = torch.load(str(path), map_location="cpu", weights_only=False)

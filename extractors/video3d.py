@@ -14,8 +14,10 @@ one vector per window of consecutive frames, plus their mean.
 S3D, trained on 128-frame clips: micro-videos last 2-60 s, so 32 frames (2.1 s) per window.
 Frames come from the decode pass as a `window` view (pipeline.decode.View): windows of `clip`
 consecutive frames resampled to `fps`, a new one every `stride` frames (video_features'
-`stack_size` / `step_size`); a clip shorter than one window is one window padded with its last
-frame. Each window gives the penultimate feature (the input of the classifier: global pooled
+`stack_size` / `step_size`), the last one shifted back to end at the clip's last frame so the
+windows cover the whole clip; a clip shorter than one window is one window padded with its last
+frame; `max_windows` caps a long clip's windows (spread evenly over it: bounded memory). The
+windows stay uint8 until `batch_windows` of them are converted for the network. Each window gives the penultimate feature (the input of the classifier: global pooled
 features) with the window's start/end time; the pooled vector is their mean.
 
 Two modalities from one network (`output:`):
@@ -118,6 +120,23 @@ def enum_url(arch: str, weights: str) -> str | None:
     return enum[weights].url if weights in enum.__members__ else None
 
 
+def window_cap(value) -> int | None:
+    """The YAML `max_windows` (windows per clip at most; null = no cap), checked."""
+    if value is None:
+        return None
+    if int(value) < 1:
+        raise ValueError(f"max_windows must be a positive number of windows or null, got {value!r}")
+    return int(value)
+
+
+def window_chunks(arrays: list, size: int):
+    """Chunks of at most `size` rows over the rows of several uint8 arrays in order (windows of
+    several clips; a chunk never spans two clips): only one chunk at a time becomes float."""
+    for a in arrays:
+        for s in range(0, len(a), size):
+            yield a[s:s + size]
+
+
 def in_chunks(fn, x: torch.Tensor, size: int) -> torch.Tensor:
     """fn over `x` in chunks of `size` rows, concatenated (bounded activation memory)."""
     return torch.cat([fn(x[s:s + size]) for s in range(0, len(x), size)])
@@ -181,38 +200,41 @@ def extract_windows(ext, clips, forward) -> list:
 
 class Video3DExtractor(Extractor):
     family = "video3d"
+    defaults = "video3d"   # configs/extractors/video3d.yaml declares every key read below
 
     @classmethod
     def weights_spec(cls, cfg):
         from pipeline.weights import torchvision_weights
 
-        return torchvision_weights(cfg.get("arch", "r2plus1d_18"), cfg.get("weights", "KINETICS400_V1"))
+        cfg = cls.resolved(cfg)
+        return torchvision_weights(cfg["arch"], cfg["weights"])
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
-        self.arch = str(self.cfg.get("arch", "r2plus1d_18"))
+    def __init__(self, cfg, device="cpu", seed=None):
+        super().__init__(cfg, device, seed=seed)
+        self.arch = str(self.cfg["arch"])
         if self.arch not in ARCHS:
             raise ValueError(f"video3d arch must be one of {sorted(ARCHS)}, got {self.arch!r}")
-        self.output = str(self.cfg.get("output", "features"))
+        self.output = str(self.cfg["output"])
         if self.output not in OUTPUTS:
             raise ValueError(f"video3d output must be one of {OUTPUTS}, got {self.output!r}")
-        clip_len, fps, self._head_attr = ARCHS[self.arch]
-        self.clip_len = int(self.cfg.get("clip_len") or clip_len)
-        self.fps = float(self.cfg.get("fps") or fps)
-        self.stride = int(self.cfg.get("stride") or self.clip_len)
-        self.weights = str(self.cfg.get("weights", "KINETICS400_V1"))
-        self.batch_windows = int(self.cfg.get("batch_windows", 8))
-        self.precision = resolve_precision(self.cfg.get("precision", "auto"), self.device)
+        clip_len, fps, self._head_attr = ARCHS[self.arch]   # null in the YAML = the weights' recipe
+        self.clip_len = int(self.cfg["clip_len"] or clip_len)
+        self.fps = float(self.cfg["fps"] or fps)
+        self.stride = int(self.cfg["stride"] or self.clip_len)
+        self.max_windows = window_cap(self.cfg["max_windows"])
+        self.weights = str(self.cfg["weights"])
+        self.batch_windows = int(self.cfg["batch_windows"])
+        self.precision = resolve_precision(self.cfg["precision"], self.device)
         key = (self.arch, self.weights, self.seed, str(self.device), self.precision,
                weights_source(self.weights, enum_url(self.arch, self.weights)))
         self.body, self.head, w, self.weights_id, self.weights_file, self.sha256 = shared_model(key, self._build)
         self.labels = list(w.meta["categories"])
         self.transform = w.transforms()
-        crop = self.cfg.get("crop_size")
+        crop = self.cfg["crop_size"]
         if crop:  # same resize / normalisation, a smaller centre crop (tests, quick runs)
             self.transform.crop_size = [int(crop), int(crop)]
             self.transform.resize_size = [int(crop)]
-        self._key = (*key, tuple(self.transform.crop_size), self.clip_len, self.fps, self.stride)
+        self._key = (*key, tuple(self.transform.crop_size), self.clip_len, self.fps, self.stride, self.max_windows)
         self.feature_dim = self._feature_dim()
         self.dim = len(self.labels) if self.output == "scores" else self.feature_dim
 
@@ -232,7 +254,7 @@ class Video3DExtractor(Extractor):
 
         # Decode at the transform's short resize side; the transform resizes and crops exactly.
         return {"windows": View(kind="window", num_frames=self.clip_len, fps=self.fps, stride=self.stride,
-                                short_side=min(self.transform.resize_size))}
+                                short_side=min(self.transform.resize_size), max_windows=self.max_windows)}
 
     @torch.inference_mode()
     def preprocess(self, windows: np.ndarray) -> torch.Tensor:
@@ -254,10 +276,12 @@ class Video3DExtractor(Extractor):
         return out[:, :self.feature_dim], out[:, self.feature_dim:]
 
     def _forward_clips(self, clips, view):
-        """Features, probabilities and times of every window of `clips` (concatenated)."""
+        """Features, probabilities and times of every window of `clips` (concatenated). Windows
+        stay uint8 until their chunk of `batch_windows` is converted (bounded float memory)."""
         windows = [view_of(c, view) for c in clips]
-        feats, probs = self.forward(torch.cat([self.preprocess(w) for w, _ in windows]))
-        return feats.numpy(), probs.numpy(), [t for _, t in windows]
+        feats, probs = zip(*(self.forward(self.preprocess(chunk))
+                             for chunk in window_chunks([w for w, _ in windows], self.batch_windows)))
+        return torch.cat(feats).numpy(), torch.cat(probs).numpy(), [t for _, t in windows]
 
     def extract(self, clips):
         return extract_windows(self, clips, lambda batch: self._forward_clips(batch, self.views()["windows"]))
@@ -267,7 +291,8 @@ class Video3DExtractor(Extractor):
                 "layer": "classifier softmax" if self.output == "scores" else "penultimate (classifier input)",
                 "weights": self.weights_id, "weights_file": self.weights_file, "sha256": self.sha256,
                 "random_weights": self.weights_id == "random", "precision": self.precision,
-                "window": {"frames": self.clip_len, "fps": self.fps, "stride": self.stride},
+                "window": {"frames": self.clip_len, "fps": self.fps, "stride": self.stride,
+                           "max_windows": self.max_windows},
                 "preprocess": repr(self.transform).replace("\n", " ")}
         if self.output == "scores":
             meta["labels"] = self.labels

@@ -39,27 +39,6 @@ def sequence_dims(dims: dict) -> dict[str, int]:
     return {m: int(dims.get("sequence", {}).get(m) or dims["pooled"][m]) for m in modality_names(dims)}
 
 
-# -- variants --------------------------------------------------------------------------------
-VARIANT_NAMES = ("paper", "tuned")
-
-
-def pick_variant(cfg, model: str, allowed=VARIANT_NAMES) -> str:
-    """The `variant` of a model's config (default paper); a clear error for an unknown one."""
-    variant = str((cfg or {}).get("variant") or "paper")
-    if variant not in allowed:
-        raise ValueError(f"models.{model}.variant must be one of {list(allowed)}, got {variant!r}")
-    return variant
-
-
-def variant_cfg(cfg, variant: str) -> dict:
-    """A model's settings for one variant: its YAML's top-level keys (shared by the variants)
-    updated with the keys of its `<variant>:` block; the other variants' blocks are dropped.
-    configs/models/nmcl.yaml shows the layout."""
-    cfg = dict(cfg or {})
-    block = dict(cfg.get(variant) or {})
-    return {**{k: v for k, v in cfg.items() if k not in VARIANT_NAMES}, **block}
-
-
 # -- views of the batch -----------------------------------------------------------------------
 def pooled_view(batch: dict, m: str) -> torch.Tensor:
     """[B, D] pooled features of modality m, zeros where the modality is absent."""

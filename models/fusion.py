@@ -25,18 +25,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import (ContextGating, MixtureOfExperts, masked_mean, mlp, pick_variant, pooled_dims, pooled_view,
-                     variant_cfg, zero)
+from .common import ContextGating, MixtureOfExperts, masked_mean, mlp, pooled_dims, pooled_view, zero
 from .heads import CategoryAttention, MemoryAttention, label_prior
 
 
 class _Fusion(nn.Module):
-    """Shared plumbing: the variant and its settings, the pooled views, the late combination."""
+    """Shared plumbing: the variant and its settings (models.resolved_config: flat and complete,
+    the variant's block already lifted), the pooled views, the late combination."""
 
-    def __init__(self, cfg, dims: dict, model: str):
+    def __init__(self, cfg, dims: dict):
         super().__init__()
-        self.variant = pick_variant(cfg, model)
-        self.cfg = variant_cfg(cfg, self.variant)
+        self.variant, self.cfg = cfg["variant"], cfg
         self.in_dims = pooled_dims(dims)
         self.names = list(self.in_dims)
 
@@ -58,19 +57,19 @@ class _Fusion(nn.Module):
 
 class EarlyFusion(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
-        super().__init__(cfg, dims, "early_fusion")
+        super().__init__(cfg, dims)
         c = self.cfg
-        hidden, dropout, width = int(c.get("hidden", 1024)), float(c.get("dropout", 0.0)), sum(self.in_dims.values())
+        hidden, dropout, width = int(c["hidden"]), float(c["dropout"]), sum(self.in_dims.values())
         if self.variant == "paper":   # three fully connected layers
             self.net = mlp(width, hidden, num_classes, dropout, layers=2, norm=False)
             return
-        head = str(c.get("head", "linear"))
-        body = mlp(width, hidden, None, dropout, int(c.get("layers", 1)))
-        gating = [ContextGating(hidden)] if c.get("context_gating", False) else []
+        head = str(c["head"])
+        body = mlp(width, hidden, None, dropout, int(c["layers"]))
+        gating = [ContextGating(hidden)] if c["context_gating"] else []
         if head == "linear":
             classifier = nn.Linear(hidden, num_classes)
         elif head == "moe":
-            classifier = MixtureOfExperts(hidden, num_classes, int(c.get("experts", 2)))
+            classifier = MixtureOfExperts(hidden, num_classes, int(c["experts"]))
         else:
             raise ValueError(f"models.early_fusion.tuned.head must be linear or moe, got {head!r}")
         self.net = nn.Sequential(*body, *gating, classifier)
@@ -85,15 +84,17 @@ def paper_depth(layers, modality: str) -> int:
     optional `default` (the paper: text 1, audio 2, visual 3)."""
     if not hasattr(layers, "get"):
         return int(layers)
-    return int(layers.get(modality, layers.get("default", 1)))
+    if modality not in layers and "default" not in layers:
+        raise ValueError(f"models.late_fusion layers {dict(layers)} has no entry for {modality!r} and no `default`")
+    return int(layers[modality] if modality in layers else layers["default"])
 
 
 class LateFusion(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
-        super().__init__(cfg, dims, "late_fusion")
+        super().__init__(cfg, dims)
         c = self.cfg
-        hidden, dropout, paper = int(c.get("hidden", 512)), float(c.get("dropout", 0.0)), self.variant == "paper"
-        self.nets = nn.ModuleDict({m: mlp(d, hidden, num_classes, dropout, paper_depth(c.get("layers", 1), m), norm=not paper)
+        hidden, dropout, paper = int(c["hidden"]), float(c["dropout"]), self.variant == "paper"
+        self.nets = nn.ModuleDict({m: mlp(d, hidden, num_classes, dropout, paper_depth(c["layers"], m), norm=not paper)
                                    for m, d in self.in_dims.items()})
 
     def forward(self, batch):
@@ -103,16 +104,15 @@ class LateFusion(_Fusion):
 
 
 def _attention(c: dict, variant: str, in_dim: int, num_classes: int, layers: int, prior) -> nn.Module:
-    dropout = float(c.get("dropout", 0.0))
+    dropout = float(c["dropout"])
     if variant == "paper":
-        return MemoryAttention(in_dim, num_classes, int(c.get("theta_dim", 64)), layers,
-                               str(c.get("activation", "tanh")), dropout, prior)
-    return CategoryAttention(in_dim, num_classes, int(c.get("attn_dim", 128)), dropout, prior)
+        return MemoryAttention(in_dim, num_classes, int(c["theta_dim"]), layers, str(c["activation"]), dropout, prior)
+    return CategoryAttention(in_dim, num_classes, int(c["attn_dim"]), dropout, prior)
 
 
 class EarlyAtt(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
-        super().__init__(cfg, dims, "early_att")
+        super().__init__(cfg, dims)
         # paper: the attention (psi_k = omega_k * x), then a 3-layer network (W1, W2, z)
         self.net = _attention(self.cfg, self.variant, sum(self.in_dims.values()), num_classes, 2,
                               label_prior(extra, multilabel))
@@ -124,7 +124,7 @@ class EarlyAtt(_Fusion):
 
 class LateAtt(_Fusion):
     def __init__(self, cfg, dims, num_classes, multilabel, extra=None):
-        super().__init__(cfg, dims, "late_att")
+        super().__init__(cfg, dims)
         prior = label_prior(extra, multilabel)
         self.nets = nn.ModuleDict({m: _attention(self.cfg, self.variant, d, num_classes, 1, prior)
                                    for m, d in self.in_dims.items()})

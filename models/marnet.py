@@ -128,26 +128,25 @@ def label_graph_inputs(cfg, extra: dict, num_classes: int) -> tuple[torch.Tensor
     seeded) or `file` (`label_file`, e.g. the published 300-d label vectorisation). Adjacency:
     `adjacency: cooccurrence` (ML-GCN: P(j | i) >= `adj_threshold` on the training labels, plus
     self loops) or `file` (`adjacency_file`)."""
-    source = cfg.get("label_embeddings", "text")
+    source = cfg["label_embeddings"]
     if source == "file":
-        emb = load_matrix(cfg.get("label_file"), cfg.get("label_file_key"))
+        emb = load_matrix(cfg["label_file"], cfg["label_file_key"])
     elif extra.get("label_embeddings") is not None:
         emb = torch.as_tensor(extra["label_embeddings"], dtype=torch.float32)
     elif source == "random":  # recorded in the run's config; no text model needed
-        emb = torch.randn(num_classes, int(cfg.get("label_dim", 64)),
-                          generator=torch.Generator().manual_seed(int(cfg.get("label_seed", 0))))
+        emb = torch.randn(num_classes, int(cfg["label_dim"]), generator=torch.Generator().manual_seed(int(cfg["label_seed"])))
     else:
         raise ValueError("MARNet needs extra['label_embeddings'] (class names embedded with "
                          "extractors.text.embed_texts); set label_embeddings: random or file to train without them")
     if emb.shape[0] != num_classes:
         raise ValueError(f"{emb.shape[0]} label vectors for {num_classes} classes")
-    if cfg.get("adjacency", "cooccurrence") == "file":
-        adj = load_matrix(cfg.get("adjacency_file"), cfg.get("adjacency_file_key"))
+    if cfg["adjacency"] == "file":
+        adj = load_matrix(cfg["adjacency_file"], cfg["adjacency_file_key"])
     else:
         counts = extra.get("label_cooccurrence")
         if counts is None:
             raise ValueError("MARNet needs extra['label_cooccurrence'] ([C, C] counts from the training labels)")
-        adj = cooccurrence_adjacency(torch.as_tensor(counts, dtype=torch.float32), float(cfg.get("adj_threshold", 0.4)))
+        adj = cooccurrence_adjacency(torch.as_tensor(counts, dtype=torch.float32), float(cfg["adj_threshold"]))
     if adj.shape != (num_classes, num_classes):
         raise ValueError(f"label adjacency has shape {tuple(adj.shape)}, expected ({num_classes}, {num_classes})")
     return emb, adj
@@ -215,17 +214,17 @@ class MARNetPaper(nn.Module):
     def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
         super().__init__()
         extra = extra or {}
-        self.visual, self.names, self.groups = visual_groups(dims, cfg.get("visual_modality", "auto"))
+        self.visual, self.names, self.groups = visual_groups(dims, cfg["visual_modality"])
         d = pooled_dims(dims)
         dv = d[self.visual]
-        self.fusion_style = cfg.get("fusion_style", "concat")
+        self.fusion_style = cfg["fusion_style"]
         if self.fusion_style not in ("concat", "sum"):
             raise ValueError(f"MARNet fusion_style must be concat or sum, got {self.fusion_style!r}")
-        gd = int(cfg.get("group_dim", 1024))
+        gd = int(cfg["group_dim"])
         self.group_net = nn.ModuleList(group_mlp(dv * (2 if self.fusion_style == "concat" else 1), dv, gd)
                                        for _ in self.groups)
         # running cross-correlation per group (step 1): mean per sample, and the mean batch size
-        self.corr_momentum = float(cfg.get("corr_momentum", 0.1))
+        self.corr_momentum = float(cfg["corr_momentum"])
         for g, members in enumerate(self.groups):
             self.register_buffer(f"corr_{g}", torch.zeros(dv, sum(d[o] for o in members)))
         self.register_buffer("corr_batch", torch.zeros(()))
@@ -240,21 +239,20 @@ class MARNetPaper(nn.Module):
         # Not in the state dict: rebuilt from `extra` / the files named in the config.
         self.register_buffer("label_vectors", label_vecs, persistent=False)
         self.register_buffer("adjacency", adj, persistent=False)
-        self.gnn = AttentiveGNN([label_vecs.shape[1], int(cfg.get("gnn_hidden", 1024)), dv],
-                                invert=bool(cfg.get("invert_similarity", False)))
-        att = int(cfg.get("attention_dim") or int(cfg.get("heads", 3)) * num_classes)
+        self.gnn = AttentiveGNN([label_vecs.shape[1], int(cfg["gnn_hidden"]), dv], invert=bool(cfg["invert_similarity"]))
+        att = int(cfg["attention_dim"] or int(cfg["heads"]) * num_classes)
         gain = nn.init.calculate_gain("relu")
         self.wq = nn.Parameter(nn.init.xavier_uniform_(torch.empty(att, dv), gain=gain))
         self.wk = nn.Parameter(nn.init.xavier_uniform_(torch.empty(att, num_classes), gain=gain))
         self.wv = nn.Parameter(nn.init.xavier_uniform_(torch.empty(att, dv), gain=gain))
         self.wo = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, att), gain=gain))
         self.bias = None
-        if cfg.get("output_bias", False):   # not in the published code: an opt-in adaptation
+        if cfg["output_bias"]:   # not in the published code: an opt-in adaptation
             prior = label_prior(extra, multilabel)
             self.bias = nn.Parameter(prior.clone() if prior is not None else torch.zeros(num_classes))
-        lam1 = float(cfg.get("lam1", 1.0))
-        self.rec_weight, self.cmd_weight = float(cfg.get("lam2", 1.0)) / lam1, float(cfg.get("lam3", 0.01)) / lam1
-        self.cmd_moments = int(cfg.get("cmd_moments", 3))
+        lam1 = float(cfg["lam1"])
+        self.rec_weight, self.cmd_weight = float(cfg["lam2"]) / lam1, float(cfg["lam3"]) / lam1
+        self.cmd_moments = int(cfg["cmd_moments"])
 
     # -- pieces (the tests call them one by one) --------------------------------------------
     def group_vectors(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:

@@ -55,14 +55,14 @@ class MARNetTuned(nn.Module):
     def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
         super().__init__()
         extra = extra or {}
-        self.visual, self.names, self.groups = visual_groups(dims, cfg.get("visual_modality", "auto"))
+        self.visual, self.names, self.groups = visual_groups(dims, cfg["visual_modality"])
         others = self.names[1:]
-        hidden, dropout = int(cfg.get("hidden", 256)), float(cfg.get("dropout", 0.0))
-        self.rec_weight, self.cmd_weight = float(cfg.get("rec_weight", 1.0)), float(cfg.get("cmd_weight", 0.1))
-        self.cmd_moments = int(cfg.get("cmd_moments", 3))
-        self.heads = int(cfg.get("tuned_heads", 4))
+        hidden, dropout = int(cfg["hidden"]), float(cfg["dropout"])
+        self.rec_weight, self.cmd_weight = float(cfg["rec_weight"]), float(cfg["cmd_weight"])
+        self.cmd_moments = int(cfg["cmd_moments"])
+        self.heads = int(cfg["heads"])
         if hidden % self.heads:
-            raise ValueError(f"hidden={hidden} must be divisible by tuned_heads={self.heads}")
+            raise ValueError(f"models.marnet.tuned.hidden={hidden} must be divisible by models.marnet.tuned.heads={self.heads}")
 
         in_dims = pooled_dims(dims)
         self.encode = nn.ModuleDict({m: mlp(d, hidden, None, dropout) for m, d in in_dims.items()})
@@ -78,7 +78,7 @@ class MARNetTuned(nn.Module):
         self.register_buffer("label_emb", label_emb, persistent=False)
         self.register_buffer("edges", adj.nonzero().T.contiguous(), persistent=False)   # [2, E]: i -> j
         self.label_in = nn.Linear(label_emb.shape[1], hidden)
-        self.gnn = nn.ModuleList([GraphAttention(hidden) for _ in range(int(cfg.get("gnn_layers", 2)))])
+        self.gnn = nn.ModuleList([GraphAttention(hidden) for _ in range(int(cfg["gnn_layers"]))])
 
         self.q, self.k, self.v = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden, bias=False)

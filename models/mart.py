@@ -18,8 +18,10 @@ lists every step and where it lives.
 3. Mask selection (training): a no-grad pass gives, per segment, the last layer's CLS
    self-attention and the cross-modal attention (tokens of one modality attending to the
    tokens of the others, received by the segment), mixed s = λ cross + (1 - λ) self
-   (λ = `cross_weight`). The round(ratio * S) top segments are masked (every modality's token);
-   of those, a share `hint_ratio` (at least 0) is revealed again as hints.
+   (λ = `cross_weight`; the published code weighs its self-attention 0.9 and the text-to-visual
+   attention 0.1). The round(ratio * S) top segments are masked (every modality's token) in a
+   video picked with probability `mask_prob` (0.5 there); then round(hint_ratio * ratio * S)
+   hints drawn among the top round(hint_top * S) segments are revealed again (AttMask-Hints).
 4. Masked affective modelling: a head on the masked tokens' outputs predicts q_s; loss
    KL(p_s || q_s) over masked, verified segments (`kl_weight`).
 5. Complementary contrastive loss (InfoNCE, temperature `tau`): the output at a masked token is
@@ -61,21 +63,22 @@ class MART(nn.Module):
     def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
         super().__init__()
         names = modality_names(dims)
-        self.emotion = cfg.get("emotion_modality", "auto")
+        self.emotion = cfg["emotion_modality"]
         if self.emotion == "auto":   # the lexicon target when the store has it; else no KL term (losses say so)
             self.emotion = "emotion" if "emotion" in names else None
         if self.emotion is not None and self.emotion not in names:
             raise ValueError(f"mart: emotion_modality={self.emotion!r} is not among the modalities {names} "
                              "(extractors/emotion.py makes it; emotion_modality: null trains without the KL term)")
-        self.verify = (cfg.get("verify_text"), cfg.get("verify_visual"))
+        self.verify = (cfg["verify_text"], cfg["verify_visual"])
         self.names = [m for m in names if m != self.emotion]
         if len(self.names) < 2:
             raise ValueError(f"mart needs at least 2 input modalities, got {self.names}")
         self.dims = sequence_dims(dims)
-        d, self.segments = int(cfg.get("d_model", 128)), int(cfg.get("segments", 8))
-        self.mask_ratio, self.hint_ratio = float(cfg.get("mask_ratio", 0.5)), float(cfg.get("hint_ratio", 0.1))
-        self.cross_weight, self.threshold = float(cfg.get("cross_weight", 0.5)), float(cfg.get("verify_threshold", 0.2))
-        self.kl_weight, self.nce_weight, self.tau = float(cfg.get("kl_weight", 1.0)), float(cfg.get("nce_weight", 0.1)), float(cfg.get("tau", 0.1))
+        d, self.segments = int(cfg["d_model"]), int(cfg["segments"])
+        self.mask_ratio, self.mask_prob = float(cfg["mask_ratio"]), float(cfg["mask_prob"])
+        self.hint_ratio, self.hint_top = float(cfg["hint_ratio"]), float(cfg["hint_top"])
+        self.cross_weight, self.threshold = float(cfg["cross_weight"]), float(cfg["verify_threshold"])
+        self.kl_weight, self.nce_weight, self.tau = float(cfg["kl_weight"]), float(cfg["nce_weight"]), float(cfg["tau"])
         self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], d) for m in self.names})
         dropout = add_encoder(self, cfg, d)
         self.ln_f, self.drop = nn.LayerNorm(d), nn.Dropout(dropout)
@@ -114,13 +117,22 @@ class MART(nn.Module):
         return self.cross_weight * norm(received) + (1 - self.cross_weight) * norm(self_att)
 
     def choose_masks(self, scores: torch.Tensor, seg_valid: torch.Tensor) -> torch.Tensor:
-        """[B, S] bool: top round(ratio * valid) segments, minus random hints."""
+        """[B, S] bool, as the published code's AttMask-Hints: the top round(ratio * valid) segments
+        by score; a video is masked at all only with probability `mask_prob`; then
+        round(hint_ratio * ratio * valid) hints, drawn uniformly among the top round(hint_top *
+        valid) segments, are revealed again (none when that rounds to 0, e.g. S = 8)."""
         n_valid = seg_valid.sum(1)
         n_mask = torch.minimum(torch.round(self.mask_ratio * n_valid).long().clamp(min=1), n_valid)
         order = scores.masked_fill(~seg_valid, float("-inf")).argsort(dim=1, descending=True, stable=True)
-        masked = (order.argsort(dim=1) < n_mask[:, None]) & seg_valid
-        if self.hint_ratio > 0:   # hints: some selected segments stay visible
-            masked = masked & ~(torch.rand(masked.shape, device=masked.device) < self.hint_ratio)
+        rank = order.argsort(dim=1)                                       # 0 = most attended
+        masked = (rank < n_mask[:, None]) & seg_valid
+        masked &= (torch.rand(masked.shape[0], device=masked.device) < self.mask_prob)[:, None]
+        n_hint = torch.round(self.hint_ratio * self.mask_ratio * n_valid).long()
+        n_top = torch.round(self.hint_top * n_valid).long()
+        for b in torch.nonzero((n_hint > 0) & (n_top > 0)).flatten().tolist():
+            top = torch.nonzero((rank[b] < n_top[b]) & seg_valid[b]).flatten()
+            pick = top[torch.randperm(len(top), device=top.device)[: int(n_hint[b])]]
+            masked[b, pick] = False
         return masked
 
     # -- forward -------------------------------------------------------------------------------

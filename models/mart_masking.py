@@ -86,9 +86,8 @@ def add_encoder(model: nn.Module, cfg, d: int) -> float:
     model.pos_emb = nn.Parameter(0.02 * torch.randn(model.segments, d))
     model.cls = nn.Parameter(0.02 * torch.randn(d))
     model.mask_token = nn.Parameter(0.02 * torch.randn(d))
-    dropout = float(cfg.get("dropout", 0.1))
-    model.blocks = nn.ModuleList(Block(d, int(cfg.get("heads", 4)), int(cfg.get("ff_dim", 4 * d)), dropout)
-                                 for _ in range(int(cfg.get("layers", 2))))
+    dropout = float(cfg["dropout"])
+    model.blocks = nn.ModuleList(Block(d, int(cfg["heads"]), int(cfg["ff_dim"]), dropout) for _ in range(int(cfg["layers"])))
     return dropout
 
 
@@ -100,16 +99,16 @@ class MaskedTemporalModel(nn.Module):
         if len(self.names) < 2:
             raise ValueError(f"mart needs at least 2 modalities, got {self.names}")
         self.dims = sequence_dims(dims)
-        d, self.segments = int(cfg.get("d_model", 128)), int(cfg.get("segments", 8))
-        self.fusion = cfg.get("fusion", "sum")
+        d, self.segments = int(cfg["d_model"]), int(cfg["segments"])
+        self.fusion = cfg["fusion"]
         if self.fusion not in ("sum", "tokens"):
             raise ValueError(f"mart fusion must be 'sum' or 'tokens', got {self.fusion!r}")
-        self.ratio_start, self.ratio_end = float(cfg.get("mask_ratio_start", 0.1)), float(cfg.get("mask_ratio_end", 0.5))
-        self.ramp = float(cfg.get("mask_ramp", 0.5))
+        self.ratio_start, self.ratio_end = float(cfg["mask_ratio_start"]), float(cfg["mask_ratio_end"])
+        self.ramp = float(cfg["mask_ramp"])
         if not 0 <= self.ratio_start <= 1 or not 0 <= self.ratio_end <= 1:
             raise ValueError("mask ratios must lie in [0, 1]")
-        self.recon_weight = float(cfg.get("recon_weight", 1.0))
-        self.normalize_targets = bool(cfg.get("normalize_targets", True))
+        self.recon_weight = float(cfg["recon_weight"])
+        self.normalize_targets = bool(cfg["normalize_targets"])
         self.progress = 0.0
 
         self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], d) for m in self.names})

@@ -56,9 +56,9 @@ class NetVLADFusion(nn.Module):
         if len(self.names) < 2:
             raise ValueError(f"netvlad needs at least 2 modalities, got {self.names}")
         seq_dims = sequence_dims(dims)
-        clusters, hidden = int(cfg.get("clusters", 16)), int(cfg.get("hidden", 512))
+        clusters, hidden = int(cfg["clusters"]), int(cfg["hidden"])
         # Optional linear reduction of wide frame features first (K*D grows with D); null = raw.
-        reduce_to = cfg.get("input_dim")
+        reduce_to = cfg["input_dim"]
         in_dims = {m: min(int(reduce_to), d) if reduce_to else d for m, d in seq_dims.items()}
         self.reduce = nn.ModuleDict({m: nn.Linear(seq_dims[m], in_dims[m]) if in_dims[m] < seq_dims[m] else nn.Identity()
                                      for m in self.names})
@@ -68,13 +68,13 @@ class NetVLADFusion(nn.Module):
         # statistics) brings z_m to unit scale, without it training barely moves on 3,862 labels.
         self.project = nn.ModuleDict({m: nn.Sequential(nn.Linear(clusters * in_dims[m], hidden), nn.LayerNorm(hidden))
                                       for m in self.names})
-        att = int(cfg.get("attention_dim", 128))
+        att = int(cfg["attention_dim"])
         self.att = nn.Sequential(nn.Linear(hidden, att), nn.Tanh(), nn.Linear(att, 1, bias=False))
-        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.5)))
+        self.dropout = nn.Dropout(float(cfg["dropout"]))
         # Classifier on the concatenation: one hidden block (Linear, LayerNorm, ReLU, dropout) so
         # that labels depending on an interaction of modalities can be learnt; 0 = linear.
-        head_hidden = int(cfg.get("head_hidden", 512) or 0)
-        self.classifier = mlp(hidden * len(self.names), head_hidden, num_classes, float(cfg.get("dropout", 0.5))) \
+        head_hidden = int(cfg["head_hidden"] or 0)
+        self.classifier = mlp(hidden * len(self.names), head_hidden, num_classes, float(cfg["dropout"])) \
             if head_hidden else nn.Linear(hidden * len(self.names), num_classes)
 
     def modality_attention(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

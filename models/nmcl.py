@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import masked_mean, modality_names, pick_variant, pooled_dims, pooled_view, task_loss, variant_cfg, zero
+from .common import masked_mean, modality_names, pooled_dims, pooled_view, task_loss, zero
 from .heads import ACTIVATIONS, CategoryAttention, MemoryAttention, fuse_probabilities, label_prior
 
 __all__ = ["NMCL", "NMCLTuned", "CooperativeNet", "BilinearCooperativeNet", "symmetric_kl",
@@ -135,22 +135,20 @@ class NMCL(_Hosts):
     {"intermediates": {host: {...CooperativeNet outputs, "theta", "host_logits"}}}."""
 
     def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
-        super().__init__()
-        pick_variant(cfg, "nmcl")   # "tuned" is built as NMCLTuned (models/__init__.py VARIANTS)
-        cfg = variant_cfg(cfg, "paper")
+        super().__init__()   # cfg: models.resolved_config("nmcl", ...), the paper block lifted
         in_dims = self.setup(dims, multilabel)
         self.project = None
-        self.kl_weight, self.l2 = float(cfg.get("kl_weight", 1.0)), float(cfg.get("l2", 0.0))
-        hidden, dropout = int(cfg.get("hidden", 256)), float(cfg.get("dropout", 0.0))
+        self.kl_weight, self.l2 = float(cfg["kl_weight"]), float(cfg["l2"])
+        hidden, dropout = int(cfg["hidden"]), float(cfg["dropout"])
         self.drop = nn.Dropout(dropout)
         self.coop, self.attend = nn.ModuleDict(), nn.ModuleDict()
         prior = label_prior(extra, multilabel)
         for m in self.names:
             guest = sum(d for o, d in in_dims.items() if o != m)
-            self.coop[m] = CooperativeNet(in_dims[m], guest, hidden, num_classes, float(cfg.get("gate_w", 50.0)),
-                                          str(cfg.get("relation_scale", "none")), str(cfg.get("activation", "relu")))
-            self.attend[m] = MemoryAttention(self.coop[m].out_dim, num_classes, int(cfg.get("theta_dim", 64)), 1,
-                                             str(cfg.get("attention_activation", "tanh")), dropout, prior)
+            self.coop[m] = CooperativeNet(in_dims[m], guest, hidden, num_classes, float(cfg["gate_w"]),
+                                          str(cfg["relation_scale"]), str(cfg["activation"]))
+            self.attend[m] = MemoryAttention(self.coop[m].out_dim, num_classes, int(cfg["theta_dim"]), 1,
+                                             str(cfg["attention_activation"]), dropout, prior)
 
     def forward(self, batch: dict, intermediates: bool = False) -> dict:
         present = torch.stack([batch["present"][m] for m in self.names], 1)   # [B, M]
@@ -210,24 +208,23 @@ class BilinearCooperativeNet(nn.Module):
 
 class NMCLTuned(_Hosts):
     def __init__(self, cfg, dims: dict, num_classes: int, multilabel: bool, extra: dict | None = None):
-        super().__init__()
-        cfg = variant_cfg(cfg, "tuned")
+        super().__init__()   # cfg: models.resolved_config("nmcl", ...), the tuned block lifted
         in_dims = self.setup(dims, multilabel)
-        self.kl_weight = float(cfg.get("kl_weight", 0.1))
-        self.modality_loss_weight = float(cfg.get("modality_loss_weight", 1.0))
-        proj = cfg.get("proj_dim")
+        self.kl_weight = float(cfg["kl_weight"])
+        self.modality_loss_weight = float(cfg["modality_loss_weight"])
+        proj = cfg["proj_dim"]
         self.project = None
         if proj:
             self.project = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, proj), nn.LayerNorm(proj))
                                           for m, d in in_dims.items()})
             in_dims = {m: int(proj) for m in self.names}
-        hidden, dropout = int(cfg.get("hidden", 256)), float(cfg.get("dropout", 0.0))
+        hidden, dropout = int(cfg["hidden"]), float(cfg["dropout"])
         self.drop = nn.Dropout(dropout)
         self.coop, self.attend = nn.ModuleDict(), nn.ModuleDict()
         for m in self.names:
             guest = sum(d for o, d in in_dims.items() if o != m)
-            self.coop[m] = BilinearCooperativeNet(in_dims[m], guest, hidden, num_classes, float(cfg.get("gate_w", 50.0)))
-            self.attend[m] = CategoryAttention(self.coop[m].out_dim, num_classes, int(cfg.get("attn_dim", 128)), dropout,
+            self.coop[m] = BilinearCooperativeNet(in_dims[m], guest, hidden, num_classes, float(cfg["gate_w"]))
+            self.attend[m] = CategoryAttention(self.coop[m].out_dim, num_classes, int(cfg["attn_dim"]), dropout,
                                                label_prior(extra, multilabel))
 
     def forward(self, batch: dict) -> dict:

@@ -68,31 +68,31 @@ class SunNet(nn.Module):
         names = modality_names(dims)
         if len(names) < 2:
             raise ValueError(f"sun needs a scene and an action modality, got {names}")
-        self.scene = pick_role(names, cfg.get("scene_modality", "auto"), ("scene",), 0, "scene_modality")
-        self.action = pick_role([m for m in names if m != self.scene], cfg.get("action_modality", "auto"),
+        self.scene = pick_role(names, cfg["scene_modality"], ("scene",), 0, "scene_modality")
+        self.action = pick_role([m for m in names if m != self.scene], cfg["action_modality"],
                                 ("action", "i3d"), 0, "action_modality")
         seq = sequence_dims(dims)
         self.inputs = names
-        jd = cfg.get("joint_dim")
+        jd = cfg["joint_dim"]
         self.joint_proj = nn.ModuleDict()
         if jd:   # project the score vectors before the outer product (Da·Ds can be large)
             self.joint_proj = nn.ModuleDict({"a": nn.Linear(seq[self.action], int(jd)), "s": nn.Linear(seq[self.scene], int(jd))})
         widths = dict(seq)
         widths["joint"] = int(jd) ** 2 if jd else seq[self.action] * seq[self.scene]
         self.branches = names + ["joint"]
-        reduce_to = cfg.get("input_dim")
+        reduce_to = cfg["input_dim"]
         in_dims = {m: min(int(reduce_to), d) if reduce_to else d for m, d in widths.items()}
         self.reduce = nn.ModuleDict({m: nn.Linear(widths[m], in_dims[m]) if in_dims[m] < widths[m] else nn.Identity()
                                      for m in self.branches})
-        k = int(cfg.get("clusters", 16))
+        k = int(cfg["clusters"])
         for m in self.branches:   # a clear error instead of an out-of-memory crash
             if k * in_dims[m] * num_classes > MAX_CLASSIFIER_WEIGHTS:
                 raise ValueError(f"sun: the {m} branch would need a {k} x {in_dims[m]} x {num_classes} classifier "
                                  f"(> {MAX_CLASSIFIER_WEIGHTS:.0e} weights); set models.sun.joint_dim and/or "
                                  "models.sun.input_dim (e.g. 16 and 256) or fewer clusters")
         self.vlad = nn.ModuleDict({m: NetVLAD(in_dims[m], k) for m in self.branches})
-        self.segments = int(cfg.get("segments", 4))
-        self.attention = cfg.get("attention", "linear")
+        self.segments = int(cfg["segments"])
+        self.attention = cfg["attention"]
         if self.attention not in ("linear", "mean"):
             raise ValueError(f"sun attention must be linear or mean, got {self.attention!r}")
         # e_s = w^T u_s: a bias b would cancel in the softmax over segments (and get no gradient)
@@ -102,7 +102,7 @@ class SunNet(nn.Module):
         self.n_segments = {m: self.segments if m in timed else 1 for m in self.branches}
         self.att = nn.ModuleDict({m: nn.Linear(k * in_dims[m], 1, bias=False) for m in self.branches
                                   if self.attention == "linear" and m in timed})
-        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.5)))
+        self.dropout = nn.Dropout(float(cfg["dropout"]))
         self.classifier = nn.ModuleDict({m: nn.Linear(k * in_dims[m], num_classes) for m in self.branches})
 
     # -- pieces (the tests call them one by one) --------------------------------------------

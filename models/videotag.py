@@ -45,7 +45,7 @@ from models.common import masked_softmax, mlp, modality_names, sequence_dims, se
 
 def resolve_text_modality(cfg, names: list[str]) -> str | None:
     """`text_modality` from the config: "auto" = "text" when present, null = none, else a name."""
-    choice = cfg.get("text_modality", "auto")
+    choice = cfg["text_modality"]
     if choice == "auto":
         return "text" if "text" in names else None
     if choice is not None and choice not in names:
@@ -87,8 +87,8 @@ class AttentionLSTMTagger(nn.Module):
             raise ValueError(f"videotag needs at least 2 modalities, got {names}")
         self.text = resolve_text_modality(cfg, names)
         self.seq_names = [m for m in names if m != self.text]
-        sizes = dict(cfg.get("lstm_sizes") or {})               # per-modality hidden size
-        hidden = {m: int(sizes.get(m, cfg.get("lstm_size", 512))) for m in self.seq_names}
+        sizes = dict(cfg["lstm_sizes"] or {})                   # per-modality hidden size, else lstm_size
+        hidden = {m: int(sizes[m] if m in sizes else cfg["lstm_size"]) for m in self.seq_names}
 
         # A modality the store only has pooled (YouTube-8M video-level features) is always a
         # 1-step sequence: the BiLSTM would reduce to tanh-gated linear maps whose recurrent
@@ -104,7 +104,7 @@ class AttentionLSTMTagger(nn.Module):
         self.self_score = nn.ModuleDict({m: nn.Linear(2 * hidden[m], 1) for m in attended})
         text_dim = 0
         if self.text is not None:
-            filters, windows = int(cfg.get("textcnn_filters", 256)), tuple(cfg.get("textcnn_windows", (2, 3, 4)))
+            filters, windows = int(cfg["textcnn_filters"]), tuple(cfg["textcnn_windows"])
             # Pooled-only text (one sentence vector): the TextCNN's window taps beyond the single
             # token would only see padding, so its 1-token equivalent, Linear + tanh, is used.
             self.textcnn = TextCNN(seq_dims[self.text], windows, filters) if self.text not in self.single_step \
@@ -113,15 +113,15 @@ class AttentionLSTMTagger(nn.Module):
             # e_t = tanh(W [h_t; u] + b) of size 2H, s_t = v^T e_t (no bias, as in the original)
             self.guide = nn.ModuleDict({m: nn.Linear(2 * hidden[m] + text_dim, 2 * hidden[m]) for m in attended})
             self.guide_score = nn.ModuleDict({m: nn.Linear(2 * hidden[m], 1, bias=False) for m in attended})
-        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.5)))
+        self.dropout = nn.Dropout(float(cfg["dropout"]))
         # The released model maps the concatenation to the classes with one fc; its `add_bn`
         # variant puts fc -> BatchNorm -> ReLU -> dropout blocks before it. `head_hidden` enables
         # that variant with LayerNorm instead of BatchNorm (no statistics shared across the batch):
         # without a hidden layer the modalities only add up in the logits, and a label that
         # depends on an interaction of two frame modalities (not the text) cannot be learnt.
         concat_dim = sum(2 * hidden[m] for m in self.seq_names) + text_dim
-        head_hidden = cfg.get("head_hidden")
-        self.classifier = mlp(concat_dim, int(head_hidden), num_classes, float(cfg.get("dropout", 0.5))) if head_hidden \
+        head_hidden = cfg["head_hidden"]
+        self.classifier = mlp(concat_dim, int(head_hidden), num_classes, float(cfg["dropout"])) if head_hidden \
             else nn.Linear(concat_dim, num_classes)
 
     def encode_sequence(self, m: str, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

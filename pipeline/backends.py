@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .decode import DecodeError, Probe, View, _rotate, nearest_indices
+from .decode import View, nearest_indices
+from .probe import DecodeError, Probe
 from .views import finish, frame_stream, plan_view, run_pass
 
 
@@ -181,3 +182,11 @@ def _webp_frames(path: str, times: np.ndarray, counts: dict):
                 counts["lost_packets"] += 1
                 continue
             yield av.VideoFrame.from_ndarray(rgb, format="rgb24"), float(t)
+
+
+def _rotate(frames: np.ndarray, rotation: int, axes=(1, 2)) -> np.ndarray:
+    # PyAV reports the display matrix angle counter-clockwise and np.rot90 with k > 0 turns
+    # counter-clockwise too, so k = rotation / 90 gives what ffmpeg's autorotate shows
+    # (tests/test_decode.py checks this against ffmpeg itself).
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frames, k=k, axes=axes)) if k else frames

@@ -1,15 +1,6 @@
 """The catalog: one sqlite database per output folder, the single source of truth of a run.
 
-Tables
-    videos      one row per video: stable id (path relative to the videos folder), path, size,
-                mtime, content hash, title, labels (JSON list), split, decode facts, deleted flag
-    stages      (video_id, stage) -> pending | done | failed | missing, with the error text;
-                stages are "decode" and "extract:<modality>" ("missing" = the video lacks that
-                modality, e.g. a silent clip has no audio: not a failure)
-    shards      every committed shard file of the feature store
-    features    (video_id, modality, layout) -> (shard, row): where each feature lives
-    modalities  (modality, layout) -> dim and the metadata of what produced it
-    meta        key -> JSON value (class vocabulary, ...)
+The tables and their migrations are in `pipeline.catalog_schema`.
 
 Only one process writes (the pipeline's main process holds `OutputLock`); workers never touch
 sqlite. Shard rows and the stage statuses of the videos in them are committed in one
@@ -27,71 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS videos (
-    video_id     TEXT PRIMARY KEY,
-    path         TEXT,
-    size         INTEGER,
-    mtime        REAL,
-    content_hash TEXT,
-    title        TEXT,
-    labels       TEXT NOT NULL DEFAULT '[]',
-    split        TEXT,
-    deleted      INTEGER NOT NULL DEFAULT 0,
-    duration     REAL,
-    fps          REAL,
-    width        INTEGER,
-    height       INTEGER,
-    has_audio    INTEGER,
-    updated_at   REAL,
-    decode_warnings TEXT,
-    subtitles    TEXT
-);
-CREATE TABLE IF NOT EXISTS stages (
-    video_id   TEXT NOT NULL,
-    stage      TEXT NOT NULL,
-    status     TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'missing')),
-    error      TEXT,
-    updated_at REAL,
-    PRIMARY KEY (video_id, stage)
-);
-CREATE TABLE IF NOT EXISTS shards (
-    shard_id   TEXT PRIMARY KEY,
-    modality   TEXT NOT NULL,
-    layout     TEXT NOT NULL,
-    file       TEXT NOT NULL,
-    rows       INTEGER NOT NULL,
-    dim        INTEGER NOT NULL,
-    created_at REAL,
-    dtype      TEXT,
-    sha256     TEXT,
-    aux        TEXT
-);
-CREATE TABLE IF NOT EXISTS features (
-    video_id TEXT NOT NULL,
-    modality TEXT NOT NULL,
-    layout   TEXT NOT NULL,
-    shard_id TEXT NOT NULL,
-    row      INTEGER NOT NULL,
-    PRIMARY KEY (video_id, modality, layout)
-);
-CREATE TABLE IF NOT EXISTS modalities (
-    modality TEXT NOT NULL,
-    layout   TEXT NOT NULL,
-    dim      INTEGER NOT NULL,
-    meta     TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (modality, layout)
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- time-stamped text an extractor made (speech transcripts: `speech_text`), committed with its shard
-CREATE TABLE IF NOT EXISTS segments (
-    video_id TEXT NOT NULL, modality TEXT NOT NULL, idx INTEGER NOT NULL,
-    start_s REAL NOT NULL, end_s REAL NOT NULL, text TEXT NOT NULL,
-    PRIMARY KEY (video_id, modality, idx)
-);
-CREATE INDEX IF NOT EXISTS features_by_modality ON features (modality, layout);
-CREATE INDEX IF NOT EXISTS stages_by_stage ON stages (stage, status);
-"""
+from .catalog_schema import MIGRATIONS, SCHEMA
 
 
 @dataclass
@@ -144,18 +71,6 @@ class OutputLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
-
-
-# Columns added after a table's first release: (table, column, declaration). An older catalog
-# gains them when a writer opens it (NULL in old rows; e.g. shards written before checksums
-# were recorded have sha256 NULL, which `verify` reports as "not recorded", not as damage).
-MIGRATIONS = [
-    ("shards", "dtype", "TEXT"),
-    ("shards", "sha256", "TEXT"),
-    ("shards", "aux", "TEXT"),              # JSON {companion file: sha256} (a sequence shard's offsets, times)
-    ("videos", "decode_warnings", "TEXT"),  # JSON {"lost_packets": n, ...}: done, but salvaged
-    ("videos", "subtitles", "TEXT"),        # JSON [[start_s, end_s, text], ...] from a sidecar
-]
 
 
 class Catalog:
@@ -259,6 +174,8 @@ class Catalog:
         with self.transaction() as c:
             c.executemany("DELETE FROM stages WHERE video_id=?", ids)
             c.executemany("DELETE FROM features WHERE video_id=?", ids)
+            c.executemany("DELETE FROM segments WHERE video_id=?", ids)
+            c.executemany("DELETE FROM feature_info WHERE video_id=?", ids)
 
     def record_decodes(self, decoded: Iterable[tuple] = (), failed: Iterable[tuple[str, str]] = ()) -> None:
         """Decode outcomes in one transaction: `decoded` rows are (video_id, duration, fps, width,
@@ -331,10 +248,11 @@ class Catalog:
     # -- store bookkeeping (called by pipeline.store) --------------------------------------
     def commit_shard(self, shard_id: str, modality: str, layout_files: dict[str, dict],
                      video_rows: list[tuple[str, int]], stage_updates: list[StageUpdate],
-                     segments: dict[str, list] | None = None) -> None:
+                     segments: dict[str, list] | None = None, infos: dict[str, dict] | None = None) -> None:
         """Record shard files ({layout: {"file", "rows", "dim", "dtype", "sha256", "aux"}}, aux =
-        {companion file: sha256}), where each video's features live, the stage statuses and the
-        videos' text segments ({video_id: [(start_s, end_s, text), ...]}), all in one transaction."""
+        {companion file: sha256}), where each video's features live, the stage statuses, the
+        videos' text segments ({video_id: [(start_s, end_s, text), ...]}) and the facts the
+        extractor found ({video_id: {"language": "en"}}), all in one transaction."""
         now = time.time()
         with self.transaction() as c:
             for layout, f in layout_files.items():
@@ -348,7 +266,15 @@ class Catalog:
                 c.execute("DELETE FROM segments WHERE video_id=? AND modality=?", (vid, modality))
                 c.executemany("INSERT INTO segments VALUES (?,?,?,?,?,?)",
                               [(vid, modality, i, float(a), float(b), str(t)) for i, (a, b, t) in enumerate(segs)])
+            c.executemany("DELETE FROM feature_info WHERE video_id=? AND modality=?", [(v, modality) for v, _ in video_rows])
+            c.executemany("INSERT INTO feature_info VALUES (?,?,?)",
+                          [(vid, modality, json.dumps(info)) for vid, info in (infos or {}).items()])
             self.set_stages(stage_updates, conn=c)
+
+    def feature_info(self, modality: str) -> dict[str, dict]:
+        """{video_id: facts the extractor recorded with the video's features} (ASR: language)."""
+        return {vid: json.loads(info) for vid, info in self.conn.execute(
+            "SELECT video_id, info FROM feature_info WHERE modality=?", (modality,))}
 
     def segments(self, video_id: str, modality: str) -> list[tuple[float, float, str]]:
         """The time-stamped text an extractor stored for a video (e.g. its speech transcript)."""

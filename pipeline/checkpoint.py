@@ -53,10 +53,11 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a trained model from best.pt / last.pt (eval mode) and return it with the checkpoint."""
-    from models import build_model
+    from models import build_model, legacy_config
 
     ckpt = read_checkpoint(checkpoint)
-    model = build_model(ckpt["model_name"], ckpt["model_cfg"], ckpt["dims"], len(ckpt["class_names"]),
+    name = ckpt["model_name"]   # legacy_config: runs saved before the variant blocks (flat MARNet / MART sections)
+    model = build_model(name, legacy_config(name, ckpt["model_cfg"]), ckpt["dims"], len(ckpt["class_names"]),
                         ckpt["multilabel"], unpack_extra(ckpt["extra"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt

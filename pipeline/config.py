@@ -11,9 +11,10 @@
 These YAML files are the only defaults: every key the code reads is declared (and commented)
 in one of them, and the config is read strictly (OmegaConf struct mode), so a mistyped key
 (`train.epoch=5`) is an error naming the key it probably meant (`train.epochs`), never a
-silently ignored setting. `extractors.*` and `models.*` stay open: an extractor or model reads
-its own section and may take options its YAML does not list (they are recorded with its
-outputs). Every output of the pipeline records the resolved config (`to_dict`).
+silently ignored setting. `extractors.*` and `models.*` may hold new sections (a modality YAML
+of your own); each section is merged strictly over the YAML that declares its reader's keys
+(`strict_section`), so a mistyped extractor or model key is an error too. Every output of the
+pipeline records the resolved config (`to_dict`).
 """
 from __future__ import annotations
 
@@ -37,18 +38,47 @@ class ConfigError(UsageError):
 
 
 def defaults() -> DictConfig:
-    """configs/ merged into one tree (no --config, no overrides), struct mode on."""
-    cfg = OmegaConf.load(CONFIG_DIR / "pipeline.yaml")
+    """configs/ merged into one tree (no --config, no overrides), struct mode on. The files are
+    read with PyYAML's C loader into one plain dict and wrapped once: OmegaConf.load per file
+    plus a node copy per assignment cost most of `scan`'s start-up."""
+    tree = read_yaml(CONFIG_DIR / "pipeline.yaml")
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         if path.name != "pipeline.yaml":
-            cfg[path.stem] = OmegaConf.load(path)
+            tree[path.stem] = read_yaml(path)
     for group in OPEN_GROUPS:
-        cfg[group] = {p.stem: OmegaConf.load(p) for p in sorted((CONFIG_DIR / group).glob("*.yaml"))}
-    cfg["importers"] = {"yt8m": OmegaConf.load(CONFIG_DIR / "importers" / "yt8m.yaml")}
+        tree[group] = {p.stem: read_yaml(p) for p in sorted((CONFIG_DIR / group).glob("*.yaml"))}
+    tree["importers"] = {"yt8m": read_yaml(CONFIG_DIR / "importers" / "yt8m.yaml")}
+    cfg = OmegaConf.create(tree)
     OmegaConf.set_struct(cfg, True)
     for group in OPEN_GROUPS:
         OmegaConf.set_struct(cfg[group], False)
     return cfg
+
+
+def read_yaml(path: Path) -> dict:
+    """One YAML file as a plain dict, read as OmegaConf.load reads it (see `_loader`), fast."""
+    with open(path, encoding="utf-8") as f:
+        return _loader().load_file(f)
+
+
+@functools.lru_cache(maxsize=1)
+def _loader():
+    """PyYAML's C loader, reading values as OmegaConf.load does: `1e-5` is a float (YAML 1.1
+    would keep it a string without a dot) and dates stay strings."""
+    import re
+
+    import yaml
+
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        @classmethod
+        def load_file(cls, f) -> dict:
+            return yaml.load(f, Loader=cls) or {}
+
+    Loader.yaml_implicit_resolvers = {k: [(t, r) for t, r in v if t != "tag:yaml.org,2002:timestamp"]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
 
 
 def _known_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -77,6 +107,29 @@ def _merge(cfg: DictConfig, other: DictConfig, where: str) -> DictConfig:
         raise _unknown_key(e, cfg, where) from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+
+
+def strict_section(reference: str | Path, given, where: str, variants: Iterable[str] = ()) -> dict:
+    """`given` (cfg.extractors.<name> / cfg.models.<name>, a dict or DictConfig, or None) merged
+    over the reference YAML that declares every key its reader takes, read strictly: a key the
+    reference does not declare is a ConfigError naming the closest one. `reference` is a path, or
+    "extractors/visual" / "models/nmcl" under configs/.
+
+    `variants` names the blocks that hold a variant's own keys (NMCL's `paper:` / `tuned:`): the
+    block named by the section's `variant` is lifted to the top level (its keys win) and every
+    variant block is dropped, so the reader sees one flat dict. The result is a plain dict."""
+    path = Path(reference) if Path(reference).suffix else CONFIG_DIR / f"{reference}.yaml"
+    base = OmegaConf.create(read_yaml(path))
+    OmegaConf.set_struct(base, True)
+    if given is not None:
+        extra = given if isinstance(given, DictConfig) else OmegaConf.create(dict(given))
+        base = _merge(base, extra, where)
+    out = OmegaConf.to_container(base, resolve=True)
+    blocks = {v: out.pop(v) for v in list(variants) if v in out}
+    chosen = blocks.get(out.get("variant"))
+    if isinstance(chosen, dict):
+        out.update(chosen)
+    return out
 
 
 def load_config(config_file: str | Path | Sequence[str | Path] | None = None,

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .catalog import Catalog
 from .config import resolve_device, to_dict, versions
@@ -144,14 +144,6 @@ class ExtractSummary:
     videos_per_s: float = 0.0
 
 
-def _missing_reason(clip: Clip, modality: str) -> str:
-    if clip.audio is None and "audio" in modality:
-        return clip.meta.get("audio_error", "no audio track")
-    if not clip.title and "text" in modality:
-        return "no title"
-    return f"{modality}: no features for this video"
-
-
 def decode_facts(clip: Clip) -> tuple:
     """What the catalog records about a decoded video (`Catalog.record_decodes`)."""
     return (clip.video_id, clip.duration, clip.fps, clip.width, clip.height, int(clip.has_audio), clip.warnings)
@@ -165,7 +157,7 @@ def build_extractors(cfg: DictConfig, names: list[str], device: str) -> dict:
     from extractors import build_extractor
 
     torch.manual_seed(cfg.seed)
-    return {m: build_extractor(m, OmegaConf.merge(cfg.extractors[m], {"seed": cfg.seed}), device) for m in names}
+    return {m: build_extractor(m, cfg.extractors[m], device, seed=cfg.seed) for m in names}
 
 
 def _state_path(out_dir: Path, name: str) -> Path:
@@ -243,14 +235,14 @@ def extract_clips(extractors: dict, clips: list[Clip], need: dict[str, list[str]
                 writers[m].mark_failed(c.video_id, f"{type(feats).__name__}: {feats}")
                 counts["failed"] += 1
             elif feats is None:
-                writers[m].mark_missing(c.video_id, _missing_reason(c, m))
+                writers[m].mark_missing(c.video_id, extractor.missing_reason(c))
                 counts["missing"] += 1
             else:
                 layouts = {"pooled": feats.pooled}
                 if feats.sequence is not None:
                     layouts["sequence"] = feats.sequence
                 writers[m].add(c.video_id, times=feats.times if feats.sequence is not None else None,
-                               segments=feats.segments, **layouts)
+                               segments=feats.segments, info=feats.info, **layouts)
                 counts["done"] += 1
 
 

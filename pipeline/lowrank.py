@@ -31,11 +31,12 @@ its metadata so models can still tell measured from imputed rows). The originals
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
 import torch
+
+from extractors.base import one_thread
 
 
 # -- the algorithm ------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def _thin_svd(M: torch.Tensor):
     vanishing singular value (soft-thresholded away) get U columns of 0, which leaves the fit,
     the only thing they enter, unchanged."""
     gram = (M.T @ M).double()
-    with _one_thread():
+    with one_thread():   # tiny r×r LAPACK calls: threads only spin-wait
         evals, R = torch.linalg.eigh(gram)
     evals, R = evals.flip(0).clamp_min(0), R.flip(1)
     s = evals.sqrt()
@@ -100,22 +101,10 @@ def lambda_max(X: torch.Tensor, iters: int = 20, seed: int = 0) -> float:
     return sigma
 
 
-@contextmanager
-def _one_thread():
-    """Run tiny r×r LAPACK calls on one CPU thread: with several OpenMP threads on busy cores
-    they spin-wait and take 100× longer (measured: 0.17 s instead of 0.1 ms for r = 100)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _spd_inverse(G: torch.Tensor) -> torch.Tensor:
     """Inverse of a symmetric positive definite r×r matrix (a ridge Gram matrix), via Cholesky in
     float64: one small inverse then a big matmul beats a solve with many right-hand sides."""
-    with _one_thread():
+    with one_thread():
         return torch.cholesky_inverse(torch.linalg.cholesky(G.double())).to(G.dtype)
 
 

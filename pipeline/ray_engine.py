@@ -149,10 +149,10 @@ def _merge(total: ExtractSummary, part: dict) -> None:
 def _fit_on_driver(cfg: DictConfig, todo: list[dict], out_dir: Path) -> None:
     """Fit corpus-fitted extractors exactly as the local engine does (same seed, same build
     order, same sample), once, on the driver; actors load the saved states."""
-    from extractors import FAMILIES
+    from extractors import family_class
 
     names = list(cfg.extract.modalities)
-    missing = [m for m in names if FAMILIES[cfg.extractors[m].family].needs_fit
+    missing = [m for m in names if family_class(cfg.extractors[m].family).needs_fit
                and not (out_dir / "extractors" / f"{m}.pt").exists()]
     if not missing:
         return

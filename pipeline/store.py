@@ -91,6 +91,7 @@ class ShardWriter:
         self._data: dict[str, list[np.ndarray]] = {}
         self._times: list[np.ndarray] = []
         self._segments: dict[str, list] = {}
+        self._info: dict[str, dict] = {}
         self._ids: list[str] = []
         self._updates: list[StageUpdate] = []
         self._since = time.monotonic()
@@ -108,7 +109,7 @@ class ShardWriter:
             self.store.record(("modality", self.modality, layout, dim, self.meta))
 
     def add(self, video_id: str, array: np.ndarray | None = None, *, times: np.ndarray | None = None,
-            segments: list | None = None, **layouts: np.ndarray) -> None:
+            segments: list | None = None, info: dict | None = None, **layouts: np.ndarray) -> None:
         if array is not None:
             if self.dims is None or len(self.dims) != 1:
                 raise TypeError("pass the layouts by name (pooled=..., sequence=...)")
@@ -137,6 +138,8 @@ class ShardWriter:
         self._ids.append(video_id)
         if segments is not None:   # text the extractor made (a transcript): committed with the shard
             self._segments[video_id] = [(float(a), float(b), str(t)) for a, b, t in segments]
+        if info:                   # per-video facts the extractor found (ASR: the detected language)
+            self._info[video_id] = dict(info)
         if self.stage:
             self._updates.append(StageUpdate(video_id, self.stage, "done"))
         self._maybe_flush()
@@ -160,7 +163,7 @@ class ShardWriter:
             self.flush()
 
     def _drop_buffer(self) -> None:
-        self._ids, self._updates, self._times, self._segments = [], [], [], {}
+        self._ids, self._updates, self._times, self._segments, self._info = [], [], [], {}, {}
         self._data = {layout: [] for layout in self.dims or {}}
 
     def flush(self) -> None:
@@ -180,7 +183,7 @@ class ShardWriter:
             shard_id = uuid.uuid4().hex[:12]
             files_ = {layout: self._write_layout(layout, shard_id) for layout in self._data}
             self.store.record(("shard", shard_id, self.modality, files_,
-                               [(vid, i) for i, vid in enumerate(self._ids)], self._updates, self._segments))
+                               [(vid, i) for i, vid in enumerate(self._ids)], self._updates, self._segments, self._info))
             self.committed += len(self._ids)
         except (OSError, sqlite3.OperationalError) as e:
             if isinstance(e, StoreWriteError):

@@ -66,12 +66,14 @@ def make_scheduler(optimizer, tcfg, steps_per_epoch: int):
 
 
 def model_config(cfg: DictConfig, model_name: str):
-    """cfg.models.<name>; an unknown name is a usage error listing the known ones."""
-    from models import available_models
+    """cfg.models.<name>; an unknown name is a usage error listing the known ones, a mistyped key
+    in the section a ConfigError, both before any data is read."""
+    from models import available_models, resolved_config
 
     if model_name not in available_models() or model_name not in cfg.models:
         known = sorted(set(available_models()) & set(cfg.models))
         raise UsageError(f"unknown model {model_name!r}; choose one of {', '.join(known)}")
+    resolved_config(model_name, cfg.models[model_name])   # raises on a key the model does not declare
     return cfg.models[model_name]
 
 

@@ -1,12 +1,14 @@
 """Decode once, many views: one pass over a video's frames fills every `View` the extractors asked for.
 
-Each view turns into target times before decoding starts (uniform: segment centres; window: a
-grid at the window's own rate; keyframes: the I-frames' times from the demuxed packets), except
-shots, which PySceneDetect's content detector finds during the pass. Frames then stream out of
-the decoder once, in presentation order, and each view takes, for each of its targets, the
-decoded frame nearest that time. Because only decoded frames are candidates, a frame lost to a
-damaged packet is replaced by its nearest decodable neighbour (salvage, see `pipeline.decode`);
-on an intact file the choice equals `nearest_indices` on the container's timestamps.
+Each view turns into target times before decoding starts (uniform: segment centres; window: the
+frames of its windows on a grid at the window's own rate, the last window ending at the clip's
+last grid frame and at most `max_windows` of them; keyframes: the I-frames' times from the
+demuxed packets), except shots, which PySceneDetect's content detector finds during the pass.
+Frames then stream out of the decoder once, in presentation order, and each view takes, for each
+of its targets, the decoded frame nearest that time. Because only decoded frames are candidates,
+a frame lost to a damaged packet is replaced by its nearest decodable neighbour (salvage, see
+`pipeline.decode`); on an intact file the choice equals `nearest_indices` on the container's
+timestamps.
 
 Each chosen frame is converted (RGB or grey, resized inside libswscale) once per distinct size
 and kept; everything else is dropped as soon as the next frame arrives, so memory grows with
@@ -85,21 +87,26 @@ class Decoded:
 
 @dataclass
 class Slots:
-    """The frames one view collects: target i takes the decoded frame nearest `targets[i]`."""
+    """The frames one view collects: row i takes the decoded frame nearest `targets[i]`. Targets
+    need not be sorted or distinct (overlapping windows share frames): they are filled in time
+    order, and a picture is converted once per size however many rows take it."""
 
-    targets: np.ndarray              # sorted target times (s)
+    targets: np.ndarray              # target time (s) of each output row
     size: tuple[int, int]            # (w, h) of the stored (not yet rotated) picture
     gray: bool
     out: np.ndarray = field(init=False)
     index: np.ndarray = field(init=False)
     time: np.ndarray = field(init=False)
+    order: np.ndarray = field(init=False)
     next: int = 0
 
     def __post_init__(self):
         w, h = self.size
+        self.targets = np.asarray(self.targets, np.float64)
         self.out = np.zeros((len(self.targets), h, w, 1 if self.gray else 3), np.uint8)
         self.index = np.full(len(self.targets), -1, np.int64)
         self.time = np.zeros(len(self.targets), np.float64)
+        self.order = np.argsort(self.targets, kind="stable")
 
     @property
     def done(self) -> bool:
@@ -112,9 +119,10 @@ class Slots:
         if prev is None:
             return
         limit = np.inf if next_time is None else (prev.time + next_time) / 2
-        while self.next < len(self.targets) and self.targets[self.next] <= limit:
-            self.out[self.next] = prev.picture(self.size, self.gray)
-            self.index[self.next], self.time[self.next] = prev.index, prev.time
+        while self.next < len(self.targets) and self.targets[self.order[self.next]] <= limit:
+            row = self.order[self.next]
+            self.out[row] = prev.picture(self.size, self.gray)
+            self.index[row], self.time[row] = prev.index, prev.time
             self.next += 1
 
 
@@ -176,8 +184,7 @@ class Plan:
     view: View
     slots: Slots | None = None
     shots: Shots | None = None
-    spans: np.ndarray | None = None   # (T, 2) per target for uniform/keyframes
-    grid_fps: float = 0.0             # window views: rate of the target grid
+    spans: np.ndarray | None = None   # (T, 2) per target for uniform/keyframes, (N, 2) per window
 
 
 def plan_view(view: View, duration: float, fps: float, frame_times: np.ndarray, keyframe_times: np.ndarray,
@@ -200,29 +207,41 @@ def plan_view(view: View, duration: float, fps: float, frame_times: np.ndarray, 
         spans = np.stack([kf, ends], axis=1)
     elif view.kind == "window":
         grid_fps = float(view.fps or fps)
-        count = max(1, int(np.floor(duration * grid_fps + 1e-6)))
-        plan = Plan(view, Slots(np.arange(count) / grid_fps, size, view.gray), grid_fps=grid_fps)
-        return plan
+        grid = max(1, int(np.floor(duration * grid_fps + 1e-6)))   # grid frame k stands for [k, k+1) / grid_fps
+        starts = window_starts(grid, view.num_frames, view.stride or view.num_frames, view.max_windows)
+        take = np.minimum(starts[:, None] + np.arange(view.num_frames)[None, :], grid - 1)  # pad: the last frame
+        ends = np.minimum(starts + view.num_frames, grid)
+        spans = np.clip(np.stack([starts, ends], axis=1) / grid_fps, 0, duration)
+        # One row per window frame, in window order: the finished view is a reshape, not a copy.
+        return Plan(view, Slots(take.reshape(-1) / grid_fps, size, view.gray), spans=spans)
     else:
         raise ValueError(f"unknown view kind {view.kind!r} (uniform | window | keyframes | shots)")
     return Plan(view, Slots(np.asarray(targets, np.float64), size, view.gray), spans=spans)
 
 
+def window_starts(grid: int, n: int, stride: int, max_windows: int | None = None) -> np.ndarray:
+    """First grid frame of each window of `n` frames over a grid of `grid` frames: one every
+    `stride` frames (video_features' stack_size / step_size), then, when frames are left after
+    the last whole window, one more shifted back to end at the last frame, so the windows cover
+    the whole clip. A grid shorter than one window: one window at 0 (padded by the caller).
+    `max_windows` caps a long clip's count: that many windows spread uniformly from the first
+    frame to the last (both ends kept), so memory stays bounded whatever the clip's length."""
+    if grid <= n:
+        return np.zeros(1, np.int64)
+    starts = np.arange(0, grid - n + 1, stride)
+    if starts[-1] < grid - n and starts[-1] + stride < grid:
+        starts = np.append(starts, grid - n)
+    if max_windows and len(starts) > max_windows:
+        starts = np.unique(np.round(np.linspace(0, grid - n, int(max_windows))).astype(np.int64))
+    return starts
+
+
 def windows(plan: Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frames (N, T, H, W, C), spans (N, 2), indices (N, T)) of a window view from its grid: a
-    window of num_frames grid frames every `stride` (default num_frames) grid frames, like
-    video_features' stack_size / step_size; a grid shorter than one window gives one window
-    padded with its last frame."""
+    """(frames (N, T, H, W, C), spans (N, 2), indices (N, T)) of a window view: the rows of its
+    Slots, window by window (see `plan_view` and `window_starts`)."""
     s, n = plan.slots, plan.view.num_frames
-    stride = plan.view.stride or n
-    m = len(s.targets)
-    starts = np.arange(0, m - n + 1, stride) if m >= n else np.array([0])
-    take = np.minimum(starts[:, None] + np.arange(n)[None, :], m - 1)
-    last = np.minimum(starts + n, m) - 1
-    spans = np.stack([s.targets[starts], s.targets[last] + 1 / plan.grid_fps], axis=1)
-    if stride == n and m >= n:  # back-to-back windows: a reshape of the grid, no copy
-        return s.out[:len(starts) * n].reshape(len(starts), n, *s.out.shape[1:]), spans, s.index[take]
-    return s.out[take], spans, s.index[take]
+    count = len(s.targets) // n
+    return s.out.reshape(count, n, *s.out.shape[1:]), plan.spans, s.index.reshape(count, n)
 
 
 def run_pass(frames: Iterable[Decoded], plans: dict[str, Plan], keep_going=lambda: False) -> int:

@@ -63,6 +63,7 @@ class WeightFile:
     revision: str | None = None  # hf: branch, tag or commit
     used_by: str = ""            # the modality (or modalities) that load it
     optional: bool = False       # used when present (e.g. RAFT for flow: auto), not an error when absent
+    files: tuple = ()            # hf: only these files of the repo (glob patterns; () = the whole snapshot)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -77,8 +78,8 @@ def torch_file(url: str, size: int | None = None, sha256: str | None = None, opt
     return WeightFile(name=name, url=url, sha256=sha256 or (m.group(1) if m else None), size=size, optional=optional)
 
 
-def hf_repo(repo_id: str, revision: str | None = None, optional: bool = False) -> WeightFile:
-    return WeightFile(name=repo_id, kind="hf", revision=revision or "main", optional=optional)
+def hf_repo(repo_id: str, revision: str | None = None, optional: bool = False, files=()) -> WeightFile:
+    return WeightFile(name=repo_id, kind="hf", revision=revision or "main", optional=optional, files=tuple(files))
 
 
 def local_file(path: str | Path) -> WeightFile:
@@ -109,14 +110,14 @@ def torchvision_weights(arch: str, weights: str, optional: bool = False) -> list
 def collect(cfg, modalities: Iterable[str] | None = None) -> list[WeightFile]:
     """Every file the extractors of `cfg.extract.modalities` (or `modalities`) declare, once each
     (a file two modalities share lists both in `used_by`)."""
-    from extractors import FAMILIES
+    from extractors import FAMILIES, family_class
 
     found: dict[tuple[str, str], WeightFile] = {}
     for name in list(modalities or cfg.extract.modalities):
         ecfg = cfg.extractors.get(name)
         if ecfg is None:
             raise UsageError(f"modality {name!r} has no configs/extractors/{name}.yaml")
-        family = FAMILIES.get(ecfg.get("family"))
+        family = family_class(ecfg.get("family")) if ecfg.get("family") in FAMILIES else None
         if family is None:
             raise UsageError(f"extractor {name!r}: family {ecfg.get('family')!r} is not one of {sorted(FAMILIES)}")
         for wf in family.weights_spec(ecfg):
@@ -183,7 +184,7 @@ def _hf_snapshot(wf: WeightFile, root=None, download: bool = False) -> Path | No
 
     try:
         return Path(snapshot_download(wf.name, revision=wf.revision, cache_dir=str(hf_dir(root)),
-                                      local_files_only=not download))
+                                      local_files_only=not download, allow_patterns=list(wf.files) or None))
     except Exception:  # LocalEntryNotFoundError offline, or any hub error: the repo is not here
         if download:
             raise
@@ -317,7 +318,8 @@ def describe(wf: WeightFile, root=None) -> dict:
     """One row of `weights list`."""
     size = f"{wf.size / 1e6:.1f} MB" if wf.size else "?"
     check = wf.revision if wf.kind == "hf" else (wf.sha256 or "-")
-    return {"used by": wf.used_by, "file": wf.name, "kind": wf.kind, "size": size, "sha256 / revision": check,
+    name = f"{wf.name}: {' | '.join(wf.files)}" if wf.files else wf.name
+    return {"used by": wf.used_by, "file": name, "kind": wf.kind, "size": size, "sha256 / revision": check,
             "folder": str(location(wf, root).parent), "present": "yes" if is_present(wf, root) else
             ("no (optional)" if wf.optional else "no")}
 

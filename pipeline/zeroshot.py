@@ -26,9 +26,6 @@ from .evaluate import write_predictions
 from .io import write_json
 from .output import open_output
 
-DEFAULT_TEMPLATE = "a video of {label}"
-
-
 def read_labels(path: str | Path) -> list[str]:
     """Labels from a file: one per line (txt), or a JSON list; blank lines and duplicates dropped."""
     text = Path(path).read_text(encoding="utf-8")
@@ -75,9 +72,6 @@ def run_zero_shot(cfg, out_dir: str | Path, labels: list[str], output: str | Pat
     catalog, store = open_output(cfg, out_dir, readonly=True)
     try:
         tcfg = tower_config(cfg, store, modality)
-        template = template or (tcfg.get("zero_shot") or {}).get("template") or DEFAULT_TEMPLATE
-        if "{label}" not in template:
-            raise ValueError(f"zero-shot template {template!r} has no {{label}} placeholder")
         ids, pooled, present = store.read_pooled(modality)
         ids, pooled = [v for v, p in zip(ids, present) if p], pooled[present].astype(np.float32)
     finally:
@@ -85,6 +79,9 @@ def run_zero_shot(cfg, out_dir: str | Path, labels: list[str], output: str | Pat
     tower = build_extractor(modality, tcfg, device)
     if not hasattr(tower, "embed_texts"):
         raise ValueError(f"modality {modality!r} ({tower.family}) has no text tower for zero-shot prediction")
+    template = template or tower.cfg["zero_shot"]["template"]   # the YAML's, as saved with the modality
+    if "{label}" not in template:
+        raise ValueError(f"zero-shot template {template!r} has no {{label}} placeholder")
     prompts = [template.format(label=label) for label in labels]
     probs = zero_shot_probs(pooled, tower.embed_texts(prompts), tower.logit_scale(), tower.logit_bias(),
                             sigmoid=tower.backend == "siglip")

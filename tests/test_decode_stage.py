@@ -63,4 +63,5 @@ def test_extract_decodes_the_views_extractors_declare(out):
     rows = [v for v in cat.videos() if v["video_id"] == "good.mp4"]
     cat.close()
     (_, clip), = decode_stream(rows, DecodeOptions.from_config(cfg.decode, views=views), 0, 60)
-    assert clip.views[key].shape[:2] == (1, 16) and clip.subtitles == [(0.1, 0.8, "hello there")]
+    # 2.0 s at 15 fps = 30 grid frames: 0-1.07 s, then the last window ending at the clip's end
+    assert clip.views[key].shape[:2] == (2, 16) and clip.subtitles == [(0.1, 0.8, "hello there")]

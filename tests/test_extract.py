@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import pipeline.extract as stages
+from extractors.base import Extractor
 from pipeline.decode import Clip, DecodeError, DecodeOptions
 from pipeline.demo import moving_stripes, write_clip
 
@@ -117,10 +118,12 @@ class _Writer:
         self.missing[video_id] = reason
 
 
-class _PickyExtractor:
+class _PickyExtractor(Extractor):
     """Raises on any batch holding the "bad" clip; returns None (modality missing) for "silent"."""
+    reads = "audio"   # Extractor.missing_reason: "no audio track" for a clip without one
 
     def __init__(self):
+        super().__init__({})
         self.calls = []
 
     def extract(self, clips):

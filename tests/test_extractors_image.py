@@ -114,13 +114,18 @@ def test_missing_hf_tower_is_a_one_line_error(tmp_path, monkeypatch):
     assert "\n" not in str(e.value) and "cache" in str(e.value)
 
 
-def test_open_clip_and_timm_backends(tmp_path, clips, one_thread):
+def tiny_open_clip(folder, name: str) -> None:
+    """Register a one-layer open_clip model config `name` (random weights only)."""
     import open_clip
 
     cfg = {"embed_dim": 8, "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "patch_size": 8, "head_width": 8},
            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
-    (tmp_path / "tiny-vit-test.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / "tiny-vit-test.json")
+    (folder / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder / f"{name}.json")
+
+
+def test_open_clip_and_timm_backends(tmp_path, clips, one_thread):
+    tiny_open_clip(tmp_path, "tiny-vit-test")
     oc = build_extractor("image_text", {"family": "image_text", "backend": "open_clip", "model": "tiny-vit-test",
                                         "weights": "random", "precision": "fp32"}, "cpu")
     assert oc.dim == 8 and oc.metadata()["random_weights"] is True
@@ -134,6 +139,80 @@ def test_open_clip_and_timm_backends(tmp_path, clips, one_thread):
     assert tm.dim == tm.model.num_features
     with pytest.raises(ValueError, match="no text tower"):
         tm.embed_texts(["a video of cat"])
+
+
+def test_open_clip_weights_spec_names_the_hub_file_and_folder_without_downloading(tmp_path, monkeypatch):
+    """open_clip's own table of (model, tag) -> hf_hub gives the repo and file `weights list` shows
+    (and timm's table for the timm backend)."""
+    from pipeline.weights import describe
+
+    from extractors.image_text import ImageTextExtractor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    spec = ImageTextExtractor.weights_spec
+    (openai,) = spec({"family": "image_text", "backend": "open_clip"})   # ViT-B-32, tag openai (the YAML's)
+    assert (openai.kind, openai.name) == ("hf", "timm/vit_base_patch32_clip_224.openai")
+    assert openai.files == ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    row = describe(openai)
+    assert row["file"] == "timm/vit_base_patch32_clip_224.openai: open_clip_model.safetensors | open_clip_pytorch_model.bin"
+    assert row["folder"] == str(tmp_path / "hf" / "hub") and row["present"] == "no"
+    calls = []
+
+    def snapshot(repo, **kw):   # `weights fetch` asks the hub for these two files only, not the whole repo
+        calls.append((repo, kw["allow_patterns"]))
+        if kw["local_files_only"]:
+            raise FileNotFoundError(repo)
+        return str(tmp_path)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot)
+    from pipeline.weights import fetch
+
+    assert [state for _, state in fetch([openai])] == ["downloaded"]
+    assert calls[-1] == ("timm/vit_base_patch32_clip_224.openai", list(openai.files))
+    (laion,) = spec({"family": "image_text", "backend": "open_clip", "pretrained": "laion2b_s34b_b79k"})
+    assert laion.name == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    own = tmp_path / "mine.safetensors"
+    own.write_bytes(b"0")
+    assert [(f.kind, f.name) for f in spec({"family": "image_text", "backend": "open_clip", "pretrained": str(own)})] \
+        == [("file", str(own))]
+    assert spec({"family": "image_text", "backend": "open_clip", "weights": "random"}) == []
+    (timm_hub,) = spec({"family": "image_text", "backend": "timm"})      # timm's own table, the same way
+    assert (timm_hub.name, timm_hub.files) == ("timm/vit_base_patch16_clip_224.openai",
+                                               ("model.safetensors", "pytorch_model.bin"))
+    assert not (tmp_path / "hf").exists()                                # nothing was downloaded
+
+
+def test_open_clip_tag_trained_with_quick_gelu_builds_it(tmp_path, monkeypatch, one_thread):
+    """OpenAI's tags were trained with QuickGELU; open_clip itself only warns on a mismatch."""
+    from open_clip import pretrained as oc_pretrained
+    from open_clip.transformer import QuickGELU
+
+    tiny_open_clip(tmp_path, "tiny-gelu-test")
+    monkeypatch.setitem(oc_pretrained._PRETRAINED, "tiny-gelu-test", {"openai": {"hf_hub": "x/y/", "quick_gelu": True}})
+    acts = lambda ext: {type(m) for m in ext.model.modules() if "GELU" in type(m).__name__}   # noqa: E731
+    oc = build_extractor("image_text", {"family": "image_text", "backend": "open_clip", "model": "tiny-gelu-test",
+                                        "weights": "random", "precision": "fp32"}, "cpu")
+    assert acts(oc) == {QuickGELU}
+    plain = build_extractor("image_text", {"family": "image_text", "backend": "open_clip", "model": "tiny-gelu-test",
+                                           "open_clip_pretrained": "other", "weights": "random"}, "cpu")
+    assert acts(plain) == {torch.nn.GELU}
+
+
+def test_image_text_config_is_strict_and_defaults_come_from_the_yaml(towers):
+    from pipeline.config import ConfigError
+
+    from extractors.image_text import ImageTextExtractor, model_and_pretrained
+
+    with pytest.raises(ConfigError, match="batch_frame.*batch_frames"):
+        build_extractor("image_text", {"family": "image_text", "batch_frame": 8}, "cpu")
+    resolved = ImageTextExtractor.resolved({"family": "image_text", "backend": "timm"})
+    assert model_and_pretrained(resolved) == ("vit_base_patch16_clip_224.openai", None)   # backend_models
+    resolved = ImageTextExtractor.resolved({"family": "image_text", "backend": "open_clip"})
+    assert model_and_pretrained(resolved) == ("ViT-B-32", "openai")
+    ext = build_extractor("image_text", {"family": "image_text", "model": str(towers / "clip")}, "cpu")
+    assert ext.batch_frames == 64 and ext.cfg["zero_shot"]["template"] == "a video of {label}"
 
 
 # -- scene -------------------------------------------------------------------------------------

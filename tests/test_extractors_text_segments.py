@@ -32,6 +32,7 @@ def test_subtitle_rows_times_pooled(subtitle_ext):
     clips = [clip_with(0, SUBS), clip_with(1, None), clip_with(2, [(0.0, 1.0, "   ")]), clip_with(3, SUBS[:1])]
     feats = subtitle_ext.extract(clips)
     assert feats[1] is None and feats[2] is None          # no subtitle, only blank text
+    assert subtitle_ext.missing_reason(clips[1]).startswith("no subtitles")   # what the catalog records
     f = feats[0]
     assert f.sequence.shape == (3, 384) and f.pooled.shape == (384,) and f.pooled.dtype == np.float32
     # sorted by start, whitespace collapsed, the last one clipped to the 4-s clip
@@ -72,6 +73,8 @@ def test_asr_segments_language_and_missing(whisper_dir, one_thread):
              clip_with(3, audio=tone(3.0, 44100, 500.0, seed=3), seconds=3.0, sample_rate=44100)]  # > window: long-form
     feats = ext.extract(clips)
     assert feats[1] is None and feats[2] is None
+    assert ext.missing_reason(clips[1]) == "no audio track" and ext.missing_reason(clips[2]).startswith("silent")
+    assert ext.missing_reason(clip_with(4, audio=tone(1.0, 16000, 300.0))) == "no speech: the transcript has no words"
     for f, c in zip((feats[0], feats[3]), (clips[0], clips[3])):
         assert f is not None, "the tiny random Whisper (seed 0) writes text for these tones"
         assert f.sequence.shape == (len(f.segments), 384) and f.pooled.shape == (384,)

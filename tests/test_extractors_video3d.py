@@ -162,7 +162,7 @@ def test_i3d_two_streams_shapes_flow_scaling_and_batch(one_thread):
     np.testing.assert_allclose(alone.sequence, flow.extract(clips)[1].sequence, atol=1e-4, rtol=1e-4)
     # Flow input: +-20 px clipped, divided by 20, last flow repeated.
     f = flow_windows(clips[0].views[rgb.views()["windows"].key()][:, :, :32, :32], "farneback")
-    assert f.shape == (2, 8, 32, 32, 2) and f.dtype == np.float32
+    assert f.shape == (2, 8, 32, 32, 2) and f.dtype == np.float16                # halves a long clip's flow
     assert np.abs(f).max() <= 1.0 and np.abs(f).max() > 0
     np.testing.assert_array_equal(f[:, -1], f[:, -2])
     # The decode worker computes the same flow input as the main process would.
@@ -182,7 +182,47 @@ def test_i3d_and_video3d_through_the_real_decode(demo_dataset, one_thread):
     clip = decode_video(path, DecodeOptions(audio=False, views=views))
     f = ext.extract([clip])[0]
     check([f], [clip], 512)
-    assert f.times[0, 0] >= 0 and f.times[-1, 1] <= clip.duration + 1e-6
+    assert f.times[0, 0] == 0 and f.times[-1, 1] <= clip.duration + 1e-6
+    assert clip.duration - f.times[-1, 1] < 1 / 15                       # the last window ends at the clip's end
+
+
+def test_windows_go_to_the_network_one_chunk_at_a_time(one_thread, monkeypatch):
+    """Windows stay uint8 until `batch_windows` of them become float; the result does not depend on it."""
+    ext = build_extractor("video3d", {**TINY3D, "batch_windows": 2}, "cpu")
+    clips = [window_clip(ext, 0, 5), window_clip(ext, 1, 1)]
+    seen = []
+    preprocess = ext.preprocess
+
+    def spy(windows):
+        seen.append((len(windows), windows.dtype))
+        return preprocess(windows)
+
+    monkeypatch.setattr(ext, "preprocess", spy)
+    chunked = ext._forward_clips(clips, ext.views()["windows"])
+    assert seen == [(2, np.uint8), (2, np.uint8), (1, np.uint8), (1, np.uint8)]   # 5 windows, then 1
+    whole = build_extractor("video3d", {**TINY3D, "batch_windows": 8}, "cpu")._forward_clips(clips, ext.views()["windows"])
+    np.testing.assert_allclose(chunked[0], whole[0], atol=1e-4, rtol=1e-4)
+    i3d = build_extractor("i3d_rgb", {**TINYI3D, "batch_windows": 2}, "cpu")
+    sizes = []
+    to_network = i3d.to_network
+    monkeypatch.setattr(i3d, "to_network", lambda chunk: sizes.append((len(chunk), chunk.dtype)) or to_network(chunk))
+    i3d._forward_clips([window_clip(i3d, 2, 3)])
+    assert sizes == [(2, np.uint8), (1, np.uint8)]
+
+
+def test_window_families_read_their_yaml_strictly_and_record_the_cap():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_window.*batch_windows"):
+        build_extractor("video3d", {**TINY3D, "batch_window": 4}, "cpu")
+    with pytest.raises(ConfigError, match="max_window.*max_windows"):
+        build_extractor("i3d_rgb", {**TINYI3D, "max_window": 4}, "cpu")
+    ext = build_extractor("video3d", TINY3D, "cpu")
+    assert ext.views()["windows"].max_windows == 64 == ext.metadata()["window"]["max_windows"]   # the YAML's
+    i3d = build_extractor("i3d_rgb", {**TINYI3D, "max_windows": None}, "cpu")
+    assert i3d.views()["windows"].max_windows is None and i3d.metadata()["window"]["max_windows"] is None
+    with pytest.raises(ValueError, match="max_windows"):
+        build_extractor("video3d", {**TINY3D, "max_windows": 0}, "cpu")
 
 
 def test_weights_spec_lists_each_visual_family_file():

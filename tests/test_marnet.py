@@ -16,14 +16,14 @@ from models.marnet import (MARNetPaper, MARNetTuned, complementary_study, correl
                            label_graph_inputs, load_matrix)
 from pipeline.dataset import collate_batch
 
-PAPER = {"variant": "paper", "group_dim": 8, "gnn_hidden": 12, "label_embeddings": "random", "label_dim": 5}
+PAPER = {"variant": "paper", "label_embeddings": "random", "label_dim": 5, "paper": {"group_dim": 8, "gnn_hidden": 12}}
 tm.VARIANTS["marnet[paper]"] = ("marnet", PAPER)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(dims=tm.DIMS, num_classes=4, multilabel=True, **over):
     return tm.build("marnet[paper]", dims, num_classes=num_classes, multilabel=multilabel) if not over else \
-        build_model("marnet", OmegaConf.merge(tm.model_cfg("marnet[paper]"), over), dims, num_classes, multilabel,
+        build_model("marnet", OmegaConf.merge(tm.model_cfg("marnet[paper]"), {"paper": over}), dims, num_classes, multilabel,
                     {"label_cooccurrence": torch.eye(num_classes) * 3 + 1})
 
 
@@ -156,15 +156,15 @@ def test_label_vectors_and_adjacency_from_files(tmp_path):
     vecs, adj = np.random.default_rng(5).normal(size=(4, 7)).astype(np.float32), np.eye(4, dtype=np.float32)
     np.save(tmp_path / "labels.npy", vecs)
     savemat(tmp_path / "adj.mat", {"adj_less": adj})
-    cfg = OmegaConf.create({"label_embeddings": "file", "label_file": str(tmp_path / "labels.npy"),
-                            "adjacency": "file", "adjacency_file": str(tmp_path / "adj.mat")})
+    cfg = tm.flat_cfg("marnet", {"label_embeddings": "file", "label_file": str(tmp_path / "labels.npy"),
+                                 "adjacency": "file", "adjacency_file": str(tmp_path / "adj.mat")})
     emb, A = label_graph_inputs(cfg, {}, 4)
     np.testing.assert_array_equal(emb.numpy(), vecs)
     np.testing.assert_array_equal(A.numpy(), adj)
     torch.save(torch.from_numpy(vecs)[None].repeat(3, 1, 1), tmp_path / "per_sample.pt")   # [N, C, D] as published
     np.testing.assert_allclose(load_matrix(tmp_path / "per_sample.pt").numpy(), vecs, rtol=1e-6)
     with pytest.raises(FileNotFoundError, match="missing.npy"):
-        label_graph_inputs(OmegaConf.merge(cfg, {"label_file": str(tmp_path / "missing.npy")}), {}, 4)
+        label_graph_inputs({**cfg, "label_file": str(tmp_path / "missing.npy")}, {}, 4)
     with pytest.raises(ValueError, match="3 classes"):
         label_graph_inputs(cfg, {}, 3)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from test_models import flat_cfg
 
 from extractors.emotion import COLUMNS, EMOTIONS, lexicon, segment_emotions, text_emotions
 from models import model_class
@@ -20,8 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def build(**over):
     torch.manual_seed(0)
-    cfg = {"d_model": 8, "segments": 4, "heads": 2, "layers": 1, "ff_dim": 16, "dropout": 0.0, "hint_ratio": 0.0, **over}
-    return MART(OmegaConf.create(cfg), DIMS, 3, False, {})
+    cfg = {"d_model": 8, "segments": 4, "heads": 2, "layers": 1, "ff_dim": 16, "dropout": 0.0, "hint_ratio": 0.0,
+           "mask_prob": 1.0, **over}
+    return MART(flat_cfg("mart", cfg), DIMS, 3, False, {})
 
 
 def items(n=4, seed=0):
@@ -76,7 +77,7 @@ def test_hierarchical_verification_direct():
 
 def test_text_visual_similarity_gates_the_target():
     dims = {"pooled": {}, "sequence": {"clip_text": 4, "clip_frames": 4, "emotion": 10}}
-    model = MART(OmegaConf.create({"d_model": 8, "segments": 2, "heads": 2, "layers": 1, "ff_dim": 16,
+    model = MART(flat_cfg("mart", {"d_model": 8, "segments": 2, "heads": 2, "layers": 1, "ff_dim": 16,
                                    "verify_text": "clip_text", "verify_visual": "clip_frames", "verify_threshold": 0.5}),
                  dims, 3, False, {})
     t = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
@@ -108,8 +109,22 @@ def test_selection_mixes_cross_modal_and_self_attention():
     masked = model.choose_masks(got, torch.ones(2, 4, dtype=torch.bool))
     for b in range(2):                                       # ratio 0.5 of 4: the top 2
         assert set(torch.nonzero(masked[b]).flatten().tolist()) == set(got[b].topk(2).indices.tolist())
-    hinted = build(hint_ratio=1.0).choose_masks(got, torch.ones(2, 4, dtype=torch.bool))
-    assert not hinted.any()                                   # every chosen segment revealed
+    hinted = build(hint_ratio=1.0, hint_top=0.5).choose_masks(got, torch.ones(2, 4, dtype=torch.bool))
+    assert not hinted.any()                                   # round(1 * 0.5 * 4) = 2 hints among the top 2
+
+
+def test_mask_hints_and_mask_probability_follow_attmask_hints():
+    """AttMask-Hints of the published code: round(hint_ratio * ratio * S) hints among the top
+    round(hint_top * S) segments; a video is masked only with probability mask_prob."""
+    scores = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    ones = torch.ones(1, 4, dtype=torch.bool)
+    got = build(hint_ratio=0.5, hint_top=0.25).choose_masks(scores, ones)   # 1 hint, among the top 1
+    assert got.tolist() == [[False, True, False, False]]
+    assert build(hint_ratio=0.1).choose_masks(scores, ones).tolist() == [[True, True, False, False]]  # rounds to 0
+    assert not build(mask_prob=0.0).choose_masks(scores.repeat(8, 1), ones.repeat(8, 1)).any()
+    torch.manual_seed(0)
+    share = build(mask_prob=0.5).choose_masks(scores.repeat(4000, 1), ones.repeat(4000, 1)).any(1).float().mean()
+    assert abs(float(share) - 0.5) < 0.03
 
 
 def test_training_losses_match_direct_formulas():

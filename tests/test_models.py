@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from models import MODELS, build_model, model_class
+from models import MODELS, build_model, model_class, resolved_config
 from models.common import masked_softmax, pooled_view, sequence_view, task_loss
 from models.marnet import cmd, cooccurrence_adjacency, pick_visual
 from models.nmcl import symmetric_kl
-from pipeline.config import load_config
+from pipeline.config import CONFIG_DIR, ConfigError, load_config
 from pipeline.dataset import collate_batch
 
 # Small versions of each model (keys each model's YAML documents); a model not listed here is
@@ -31,8 +31,8 @@ SMALL = {
     "late_att": {"dropout": 0.0, "paper": {"theta_dim": 16}},
     "nmcl": {"hidden": 16, "dropout": 0.0, "paper": {"theta_dim": 16, "relation_scale": "dim", "l2": 0.0}},
     # variant paper (the default) cannot learn this file's XOR (centred, uncorrelated modalities): tests/test_marnet.py
-    "marnet": {"variant": "tuned", "hidden": 32, "tuned_heads": 2, "label_embeddings": "random", "label_dim": 8, "dropout": 0.0},
-    "videotag": {"lstm_size": 16, "lstm_sizes": {}, "textcnn_filters": 8, "head_hidden": 32, "dropout": 0.0},
+    "marnet": {"variant": "tuned", "label_embeddings": "random", "label_dim": 8, "tuned": {"hidden": 32, "heads": 2, "dropout": 0.0}},
+    "videotag": {"lstm_size": 16, "lstm_sizes": {"audio": 16}, "textcnn_filters": 8, "head_hidden": 32, "dropout": 0.0},
     "netvlad": {"clusters": 4, "input_dim": 8, "hidden": 16, "attention_dim": 8, "head_hidden": 32, "dropout": 0.0},
     "mart": {"d_model": 32, "segments": 3, "heads": 2, "layers": 1, "ff_dim": 64, "dropout": 0.0},
     "sun": {"clusters": 4, "segments": 2, "dropout": 0.0},
@@ -57,6 +57,18 @@ CFG = load_config()
 def model_cfg(name: str):
     model, small = VARIANTS.get(name, (name, SMALL.get(name, {})))
     return OmegaConf.merge(CFG.models.get(model, OmegaConf.create({})), small)
+
+
+def flat_cfg(model: str, flat: dict, variant: str | None = None) -> dict:
+    """What build_model gives the class, from a test's flat dict of small settings: each key goes
+    where configs/models/<model>.yaml declares it (the top level, else the variant's block), then
+    models.resolved_config merges it strictly. For tests that build a model class directly."""
+    top = OmegaConf.load(CONFIG_DIR / "models" / f"{model}.yaml")
+    variant = variant or flat.get("variant") or top.get("variant") or "paper"
+    given: dict = {"variant": variant} if "variant" in top else {}
+    for k, v in flat.items():
+        (given if k in top else given.setdefault(variant, {}))[k] = v
+    return resolved_config(model, given)
 
 
 def build(name, dims, num_classes=4, multilabel=False, labels=None, seed=0):

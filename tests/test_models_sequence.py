@@ -10,7 +10,7 @@ import pytest
 from conftest import mark_presence
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from test_models import flat_cfg
 
 from models.common import masked_softmax, sequence_view
 from models.mart import MART
@@ -21,6 +21,7 @@ from models.videotag import AttentionLSTMTagger
 from pipeline.dataset import collate_batch
 
 DIMS = {"pooled": {"rgb": 10}, "sequence": {"audio": 6, "text": 8}}   # rgb: pooled only (YT8M-like)
+# name -> (class, small settings, (model, variant) whose YAML fills in the rest)
 SMALL = {
     "videotag": (AttentionLSTMTagger, {"lstm_size": 8, "textcnn_filters": 6, "head_hidden": 16, "dropout": 0.1}),
     "netvlad": (NetVLADFusion, {"clusters": 4, "hidden": 12, "attention_dim": 8, "input_dim": 5, "head_hidden": 16,
@@ -33,10 +34,18 @@ SMALL = {
 }
 
 
+MODEL_OF = {AttentionLSTMTagger: ("videotag", None), NetVLADFusion: ("netvlad", None), SunNet: ("sun", None),
+            MaskedTemporalModel: ("mart", "masking-only"), MART: ("mart", "paper")}
+
+
+def small_cfg(cls, cfg: dict) -> dict:
+    return flat_cfg(*MODEL_OF[cls][:1], cfg, MODEL_OF[cls][1])
+
+
 def build(name, dims=DIMS, num_classes=5, multilabel=True, **over):
     cls, cfg = SMALL[name]
     torch.manual_seed(0)
-    return cls(OmegaConf.create({**cfg, **over}), dims, num_classes, multilabel, {})
+    return cls(small_cfg(cls, {**cfg, **over}), dims, num_classes, multilabel, {})
 
 
 def make_items(n, dims=DIMS, num_classes=5, seed=0, absent=None):
@@ -121,7 +130,7 @@ def test_checkpoint_round_trip(name, tmp_path):
     torch.save(model.state_dict(), tmp_path / "m.pt")
     torch.manual_seed(123)  # a fresh model with different weights, then loaded
     cls, cfg = SMALL[name]
-    other = cls(OmegaConf.create(cfg), DIMS, 5, True, {})
+    other = cls(small_cfg(cls, cfg), DIMS, 5, True, {})
     other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     model.eval(), other.eval()
     with torch.no_grad():

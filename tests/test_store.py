@@ -56,6 +56,23 @@ def test_text_segments_are_committed_with_their_shard(store):
     assert store.catalog.segments("v0", "speech_text") == [(0.0, 2.0, "once")]
 
 
+def test_extractor_facts_per_video_are_committed_with_their_shard(store):
+    """Features.info (the language Whisper detected per clip) lands in the catalog's feature_info
+    with the shard; re-extracting replaces it, a changed video forgets it."""
+    with store.writer("speech_text", dims={"pooled": 3}, stage="extract:speech_text") as w:
+        w.add("v0", pooled=np.ones(3), info={"language": "en"})
+        w.add("v1", pooled=np.ones(3), info={"language": "de"})
+        w.add("v2", pooled=np.ones(3))
+        assert store.catalog.feature_info("speech_text") == {}        # not before the shard is committed
+    assert store.catalog.feature_info("speech_text") == {"v0": {"language": "en"}, "v1": {"language": "de"}}
+    with store.writer("speech_text", stage="extract:speech_text") as w:
+        w.add("v0", pooled=np.ones(3))                                 # re-extracted: no language this time
+        w.add("v1", pooled=np.ones(3), info={"language": "fr"})
+    assert store.catalog.feature_info("speech_text") == {"v1": {"language": "fr"}}
+    store.catalog.forget_outputs(["v1"])
+    assert store.catalog.feature_info("speech_text") == {}
+
+
 def test_dataset_and_collate(store):
     with store.writer("a", "pooled", 3) as w:
         for i in range(0, 10, 2):

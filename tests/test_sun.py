@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from test_models import flat_cfg
 
 from models.netvlad import NetVLAD
 from models.sun import SunNet, joint_feature, segment_masks
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def build(**over):
     torch.manual_seed(0)
     cfg = {"clusters": 3, "segments": 2, "dropout": 0.0, **over}
-    return SunNet(OmegaConf.create(cfg), DIMS, 4, True, {})
+    return SunNet(flat_cfg("sun", cfg), DIMS, 4, True, {})
 
 
 def items(n=3, seed=0):
@@ -106,4 +106,4 @@ def test_named_roles_and_joint_projection():
 def test_an_unaffordable_joint_width_is_a_clear_error():
     dims = {"pooled": {"rgb": 1024, "audio": 128}, "sequence": {}}     # YouTube-8M video-level
     with pytest.raises(ValueError, match="joint_dim"):
-        SunNet(OmegaConf.create({"action_modality": "rgb", "scene_modality": "audio"}), dims, 3862, True, {})
+        SunNet(flat_cfg("sun", {"action_modality": "rgb", "scene_modality": "audio"}), dims, 3862, True, {})
