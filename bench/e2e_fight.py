@@ -46,6 +46,12 @@ def per_model(rows: list[str], overrides: list[str], out: Path, folds: int, resu
         model, _, variant = row.partition(":")
         extra = [f"models.{model}.variant={variant}"] if variant else []
         t0 = time.perf_counter()
+        fused = result.get("fused") or {}
+        if row == fused.get("model") and fused.get("cv"):   # the pipeline run's own cross-validation
+            result.setdefault("per_model", {})[row] = {"accuracy": fused["cv"]["accuracy"],
+                                                       "macro_f1": fused["cv"].get("macro_f1"), "seconds": None,
+                                                       "overrides": [], "note": "the pipeline run's cross-validation"}
+            continue
         try:
             cfg = load_config(overrides=overrides + extra + ["train.progress=false"])
             cv = crossval.run_cross_validation(cfg, out, model, folds=folds, run_name=f"cv-{row.replace(':', '-')}")
@@ -92,8 +98,9 @@ def main():
     from pipeline import crossval
     from pipeline.config import load_config, versions
 
+    folds_cv = run.get("headline", {}).get("metrics") if args.folds > 1 else None   # the run's k-fold mean ± std
     result = {"command_overrides": overrides, "weights": args.weights, "stage_seconds": run["seconds"],
-              "fused": {"model": run["model"], "cv": run["train"]["summary"] if run.get("train") else None},
+              "fused": {"model": run["model"], "cv": folds_cv, "headline_split": run.get("headline", {}).get("split")},
               "extract": run.get("extract"), "per_modality": {}, "loadavg": os.getloadavg(), "versions": versions()}
     old = ROOT / "bench" / "results" / "e2e_fight.json"
     if args.skip_run and old.exists():   # keep the rows this call does not re-run

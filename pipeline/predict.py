@@ -104,6 +104,7 @@ class Predictor:
             catalog.close()
         self._check_dims()
         self.extractors = self._build_extractors()
+        self._groups: list[tuple] | None = None
 
     def _check_dims(self) -> None:
         for r, (_, ckpt) in zip(self.run_dirs, self.loaded):
@@ -133,35 +134,45 @@ class Predictor:
 
     def decode_groups(self) -> list[tuple]:
         """[(DecodeOptions, [modality, ...])]: one decode pass per distinct recorded decode config
-        (normally one), with the views of its extractors."""
-        from .decode import DecodeOptions
-        from .views import collect_views
+        (normally one), with the views of its extractors; the same list every call."""
+        if self._groups is None:
+            from .decode import DecodeOptions
+            from .views import collect_views
 
-        groups: dict[str, list[str]] = {}
-        for m in self.modalities:
-            groups.setdefault(_decode_key(self.settings[m]["decode"]), []).append(m)
-        return [(DecodeOptions.from_config(self.settings[ms[0]]["decode"],
-                                           collect_views({m: self.extractors[m] for m in ms})), ms)
-                for ms in groups.values()]
+            groups: dict[str, list[str]] = {}
+            for m in self.modalities:
+                groups.setdefault(_decode_key(self.settings[m]["decode"]), []).append(m)
+            self._groups = [(DecodeOptions.from_config(self.settings[ms[0]]["decode"],
+                                                       collect_views({m: self.extractors[m] for m in ms})), ms)
+                            for ms in groups.values()]
+        return self._groups
 
     # -- scoring ---------------------------------------------------------------------------
     def extract(self, clips: list) -> dict[str, dict]:
-        """{video_id: {modality: Features | None (missing) | Exception (failed)}}."""
+        """{video_id: {modality: Features | None (missing) | Exception (failed)}}. A video is one
+        Clip, or a list of Clips, one per `decode_groups()` entry (in that order), when the run's
+        modalities were extracted with different decode settings."""
         from .extract import extract_one_by_one
 
-        out: dict[str, dict] = {c.video_id: {} for c in clips}
-        for m, ext in self.extractors.items():
-            try:
-                results = list(zip(clips, ext.extract(clips)))
-            except Exception:
-                results = extract_one_by_one(ext, clips)
-            for c, feats in results:
-                out[c.video_id][m] = feats
+        groups = [names for _, names in self.decode_groups()]
+        per_video = [c if isinstance(c, (list, tuple)) else [c] * len(groups) for c in clips]
+        out: dict[str, dict] = {v[0].video_id: {} for v in per_video}
+        for g, names in enumerate(groups):
+            batch = [v[g] for v in per_video]
+            for m in names:
+                try:
+                    results = list(zip(batch, self.extractors[m].extract(batch)))
+                except Exception:
+                    results = extract_one_by_one(self.extractors[m], batch)
+                for c, feats in results:
+                    out[c.video_id][m] = feats
         return out
 
     def predict_clips(self, clips: list, top_k: int | None = 5, threshold: float | None = None) -> list[dict]:
-        """Records for decoded clips (pipeline.decode.Clip), scored in memory: nothing is written."""
+        """Records for decoded clips (pipeline.decode.Clip; a list of Clips per video, one per
+        decode group, see `extract`), scored in memory: nothing is written."""
         features = self.extract(clips)
+        clips = [c[0] if isinstance(c, (list, tuple)) else c for c in clips]
         items, errors = [], {}
         for c in clips:
             feats = features[c.video_id]

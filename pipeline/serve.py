@@ -31,7 +31,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import UsageError
 
 log = logging.getLogger("microvideo.access")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -148,14 +147,11 @@ class TaggingService:
 
         try:
             predictor = Predictor(self.cfg, self.out_dir, self.run_dirs)
-            groups = predictor.decode_groups()
-            if len(groups) != 1:
-                raise UsageError("serve needs the run's inputs to share one decode config; they use "
-                                 f"{len(groups)} (extracted with different decode settings)")
             from .extract import worker_steps
 
-            self.options, _ = groups[0]
-            self.prepare = worker_steps(predictor.extractors) or None
+            # one decode pass per decode config the run's inputs were extracted with (normally one)
+            self.groups = [(options, worker_steps({m: predictor.extractors[m] for m in names}) or None)
+                           for options, names in predictor.decode_groups()]
             self.pool = pebble.ProcessPool(max_workers=int(self.settings.decode_workers))
             self.predictor = predictor
         except Exception as e:  # reported by /readyz and the log; the process stays up
@@ -190,11 +186,15 @@ class TaggingService:
         return path
 
     def decode(self, path: Path, request_id: str, title: str | None):
-        """Decode in the pool (the time limit and crash retry of the extract stage apply)."""
+        """Decode in the pool (the time limit and crash retry of the extract stage apply): one
+        Clip, or a list with one Clip per decode group; the first DecodeError if any."""
         from .extract import decode_in_pool
 
-        return decode_in_pool(self.pool, {"path": str(path), "video_id": request_id, "title": title},
-                              self.options, float(self.cfg.decode.timeout_s), self.prepare)
+        row = {"path": str(path), "video_id": request_id, "title": title}
+        clips = [decode_in_pool(self.pool, row, options, float(self.cfg.decode.timeout_s), prepare)
+                 for options, prepare in self.groups]
+        failed = [c for c in clips if isinstance(c, Exception)]
+        return failed[0] if failed else clips[0] if len(clips) == 1 else clips
 
 
 def create_app(service: TaggingService):

@@ -173,7 +173,8 @@ async def _handle(service: TaggingService, request, upload: dict) -> dict:
     t3 = time.perf_counter()
     if "error" in record:
         raise HTTPError(422, record["error"])
-    return {**record, "video_id": name, "request_id": rid, "decode_warnings": clip.warnings,
+    warnings = {k: v for c in (clip if isinstance(clip, list) else [clip]) for k, v in c.warnings.items()}
+    return {**record, "video_id": name, "request_id": rid, "decode_warnings": warnings,
             "timings": {"receive_s": round(t1 - t0, 4), "decode_s": round(t2 - t1, 4),
                         "model_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)}}
 

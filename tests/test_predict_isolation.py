@@ -108,6 +108,28 @@ def test_in_memory_clips_score_like_the_folder(trained, colliding):
                                    atol=1e-5)
 
 
+def test_inputs_of_several_decode_groups_read_their_own_clip(trained, colliding):
+    """A run whose modalities were extracted with different decode settings: each video comes as
+    one Clip per decode group (the service decodes once per group), each modality reads its own."""
+    import dataclasses
+
+    from pipeline.decode import decode_video
+    from pipeline.predict import Predictor
+
+    cfg, out, ids = trained
+    new, _ = colliding
+    predictor = Predictor(cfg, out, [out / "runs" / "ef"])
+    (options, names), = predictor.decode_groups()
+    single = [decode_video(new / vid, options, video_id=vid) for vid in ids[:2]]
+    want = predictor.predict_clips(single, top_k=None)
+    predictor._groups = [(options, ["visual"]), (options, ["audio"])]   # as if decoded apart
+    got = predictor.predict_clips([[c, c] for c in single], top_k=None)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose([p for _, p in a["labels"]], [p for _, p in b["labels"]], atol=1e-6)
+    silent = [[c, dataclasses.replace(c, audio=None)] for c in single]   # audio from the second clip
+    assert all(r["missing"] == ["audio"] for r in predictor.predict_clips(silent, top_k=None))
+
+
 def test_a_video_with_no_usable_input_gets_no_prediction(trained):
     from pipeline.decode import Clip
     from pipeline.predict import Predictor
