@@ -114,6 +114,8 @@ def main() -> None:
     p.add_argument("--mosi-epochs", type=int, default=6)
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder, removed after)")
     p.add_argument("--results", default="models_b", help="bench/results/<name>.json / .md")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides added to every row (e.g. models.sun.label_prior_bias=true); use another --results")
     a = p.parse_args()
     if not bm.SHARED.is_dir():
         sys.exit(f"{bm.SHARED} is absent: the benchmark needs ../shared/data")
@@ -131,7 +133,7 @@ def main() -> None:
             modalities = ["rgb", "audio"] if name == "yt8m" else ["text", "audio", "video"]
             old = {r["row"]: r for r in results.get(name, {}).get("rows", [])}
             note = f" train shards 0-{a.yt8m_train_shards - 1}" if name == "yt8m" else ""
-            section = results[name] = {"settings": " ".join(settings[name]) + note, "rows": list(old.values()),
+            section = results[name] = {"settings": " ".join(settings[name] + a.set) + note, "rows": list(old.values()),
                                        "loadavg": [round(x, 2) for x in os.getloadavg()],
                                        **import_data(name, out_dir, a.yt8m_train_shards)}
             for row in a.rows:
@@ -139,7 +141,7 @@ def main() -> None:
                 model, variant = bm.row_model(row)
                 extra = SETTINGS[name].get(row, [])
                 try:
-                    r = bm.model_row(settings[name] + variant + extra, out_dir, model, modalities, row,
+                    r = bm.model_row(settings[name] + variant + extra + a.set, out_dir, model, modalities, row,
                                      test_split=name == "mosi")
                 except Exception as e:   # reported in the results, not hidden
                     section.setdefault("failed", []).append({"row": row, "error": f"{type(e).__name__}: {e}"})

@@ -25,6 +25,16 @@ def label_prior(extra: dict | None, multilabel: bool) -> torch.Tensor | None:
     return None if prior is None else torch.logit(torch.as_tensor(prior).float().clamp(1e-4, 1 - 1e-4))
 
 
+def start_at_prior(layers, extra: dict | None, multilabel: bool) -> None:
+    """Set the biases of output `layers` (nn.Linear) to `label_prior`; nothing for multi-class
+    tasks. The opt-in `label_prior_bias` of models whose papers start their heads at zero."""
+    prior = label_prior(extra, multilabel)
+    if prior is not None:
+        with torch.no_grad():
+            for layer in layers:
+                layer.bias.copy_(prior)
+
+
 def fuse_probabilities(host_logits: torch.Tensor, present: torch.Tensor, multilabel: bool) -> torch.Tensor:
     """Eq. 18: y = sum over the present hosts of p^m, returned as logits of y / M.
     host_logits [B, M, C], present [B, M] bool. Multi-class: log(mean_m softmax(l^m)), whose

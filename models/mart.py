@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import modality_names, sequence_dims, sequence_view, zero
+from models.heads import start_at_prior
 from models.mart_masking import MaskedTemporalModel, add_encoder, segment_pool
 
 POSITIVE = (1, 4, 6, 7)   # anticipation, joy, surprise, trust in extractors.emotion.EMOTIONS
@@ -83,6 +84,8 @@ class MART(nn.Module):
         dropout = add_encoder(self, cfg, d)
         self.ln_f, self.drop = nn.LayerNorm(d), nn.Dropout(dropout)
         self.head = nn.Linear(d, num_classes)
+        if cfg["label_prior_bias"]:   # opt-in, not in the paper: see configs/models/mart.yaml
+            start_at_prior([self.head], extra, multilabel)
         self.emotion_head = nn.Linear(d, 8) if self.emotion is not None else None   # q_s of step 4
         self.nce_q, self.nce_k = nn.Linear(d, d), nn.Linear(d, d)               # step 5 projections
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from models.common import masked_softmax, modality_names, sequence_dims, sequence_view
+from models.heads import start_at_prior
 from models.netvlad import NetVLAD
 
 MAX_CLASSIFIER_WEIGHTS = 2e8   # one branch's K * D x classes
@@ -104,6 +105,8 @@ class SunNet(nn.Module):
                                   if self.attention == "linear" and m in timed})
         self.dropout = nn.Dropout(float(cfg["dropout"]))
         self.classifier = nn.ModuleDict({m: nn.Linear(k * in_dims[m], num_classes) for m in self.branches})
+        if cfg["label_prior_bias"]:   # opt-in, not in the paper: see configs/models/sun.yaml
+            start_at_prior(self.classifier.values(), extra, multilabel)
 
     # -- pieces (the tests call them one by one) --------------------------------------------
     def branch_inputs(self, batch: dict) -> dict:

@@ -130,3 +130,23 @@ def test_checkpoints_of_the_flat_layout_load_through_legacy_config():
     assert legacy_config("marnet", new) == new and legacy_config("nmcl", {"hidden": 3}) == {"hidden": 3}
     mart = legacy_config("mart", {"variant": "masking-only", "segments": 3, "fusion": "tokens", "mask_ratio": 0.2})
     assert mart == {"variant": "masking-only", "segments": 3, "masking-only": {"fusion": "tokens"}, "paper": {"mask_ratio": 0.2}}
+
+
+@pytest.mark.parametrize("name", ["sun", "mart"])
+def test_label_prior_bias_is_opt_in(name):
+    """`label_prior_bias` (not in the papers): off by default; on, a multi-label head starts at the
+    log-odds of the training label frequencies, a multi-class one as before."""
+    from models import build_model
+
+    dims = {"pooled": {}, "sequence": {"a": 6, "b": 5}}
+    prior = [0.01, 0.2, 0.5]
+    heads = {"sun": lambda m: list(m.classifier.values()), "mart": lambda m: [m.head]}[name]
+    for on, multilabel in ((False, True), (True, True), (True, False)):
+        torch.manual_seed(0)
+        cfg = {"label_prior_bias": on} if name == "sun" else {"paper": {"label_prior_bias": on}}
+        model = build_model(name, cfg, dims, 3, multilabel, {"label_prior": prior})
+        for layer in heads(model):
+            if on and multilabel:
+                torch.testing.assert_close(layer.bias.detach(), torch.logit(torch.tensor(prior)))
+            else:
+                assert not torch.allclose(layer.bias.detach(), torch.logit(torch.tensor(prior)))
