@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from models import model_class
 from pipeline.catalog import Catalog, VideoRow
 from pipeline.checkpoint import load_model
 from pipeline.config import load_config
@@ -145,10 +144,6 @@ def test_cross_validation_scores_held_out_folds(tmp_path):
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_every_model_trains_evaluates_and_predicts_from_the_store(name, store_dir, tmp_path):
-    try:
-        model_class(name)
-    except ImportError as e:
-        pytest.skip(f"{name} cannot be imported: {e}")
     cfg = config("train.epochs=1", "models.marnet.label_embeddings=random", model=name)
     result = run_train(cfg, store_dir, name, run_name=f"every-{name}")
     want = cfg.models[name].get("input", "pooled")
