@@ -9,7 +9,7 @@ runs with `weights: random` for visual and audio (recorded in the store metadata
 --weights pretrained when the files are in the torch hub cache. Extraction is resumable, so a
 second call on the same --out reuses the features. Saves bench/results/e2e_fight.json.
 
-Per model (`--models`, default MODEL_ROWS): after the one extraction, every model whose inputs
+Per model (`--models`, default MODEL_ROWS + STD_ROWS): after the one extraction, every model whose inputs
 the default extractors produce (visual, audio, text, trajectory; pooled or as frame sequences)
 is cross-validated with the same folds (`train`, run.folds=5 in the product): accuracy mean ±
 std over the held-out folds, one row each in e2e_fight.json "per_model". `sun` is not a row:
@@ -17,6 +17,7 @@ it needs scene and action score modalities (`scene`, `i3d_rgb_scores`), which ar
 extractors. A failing model is recorded with its error, not hidden.
 
     python bench/e2e_fight.py --skip-run --models nmcl early_fusion   # reuse the extraction
+    python bench/e2e_fight.py --skip-run --skip-modalities --models nmcl+std   # with train.standardize=true
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ sys.path.insert(0, str(ROOT))
 MODEL_ROWS = ["early_fusion", "early_fusion:tuned", "late_fusion", "late_fusion:tuned", "early_att", "early_att:tuned",
               "late_att", "late_att:tuned", "nmcl", "nmcl:tuned", "marnet:tuned", "marnet", "netvlad", "mart",
               "mart:masking-only", "videotag"]
+# "+std": the same model with train.standardize=true (inputs scaled by their training-split mean
+# and std, models/standardize.py): the rows whose raw random-ResNet visual vector (norm ~1,000)
+# swamps the others (trajectory norm ~2).
+STD_ROWS = ["early_fusion+std", "early_att+std", "nmcl+std", "mart:masking-only+std", "marnet+std", "early_fusion:tuned+std"]
 
 
 def per_model(rows: list[str], overrides: list[str], out: Path, folds: int, result: dict) -> None:
@@ -43,8 +48,10 @@ def per_model(rows: list[str], overrides: list[str], out: Path, folds: int, resu
     from pipeline.config import load_config
 
     for row in rows:
-        model, _, variant = row.partition(":")
+        name, _, option = row.partition("+")
+        model, _, variant = name.partition(":")
         extra = [f"models.{model}.variant={variant}"] if variant else []
+        extra += ["train.standardize=true"] if option == "std" else []
         t0 = time.perf_counter()
         fused = result.get("fused") or {}
         if row == fused.get("model") and fused.get("cv"):   # the pipeline run's own cross-validation
@@ -79,7 +86,8 @@ def main():
     ap.add_argument("--weights", choices=["random", "pretrained"], default="random")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--skip-run", action="store_true", help="reuse the last full run in --out")
-    ap.add_argument("--models", nargs="*", default=MODEL_ROWS, help="per-model rows (none: skip them)")
+    ap.add_argument("--models", nargs="*", default=MODEL_ROWS + STD_ROWS,
+                    help="per-model rows, model[:variant][+std] (none: skip them)")
     ap.add_argument("--skip-modalities", action="store_true", help="no per-modality Early Fusion rows")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every stage, key=value")
     args = ap.parse_args()

@@ -142,8 +142,8 @@ def _refit_markdown(section: dict | None) -> list[str]:
 
 def _tuned_lines(section: dict) -> list[str]:
     tuned = section.get("tuned") or {}
-    lines = [f"- {m}: {' '.join(o)}" for m, o in tuned.items() if m != "ensemble"]
-    lines += [f"- ensemble member: {' '.join(member)}" for member in tuned.get("ensemble", [])]
+    lines = [f"- {m}: {' '.join(o)}" for m, o in tuned.items() if m not in ("ensemble", "refit")]
+    lines += [f"- {key} member: {' '.join(member)}" for key in ("ensemble", "refit") for member in tuned.get(key, [])]
     return [""] + lines if lines else []
 
 

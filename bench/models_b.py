@@ -29,9 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-_spec = importlib.util.spec_from_file_location("bench_models", ROOT / "bench" / "models.py")
-bm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bm)
+import bench.models as bm  # noqa: E402  (bench/ is a namespace package under ROOT)
 
 from pipeline.importers import import_features, import_yt8m  # noqa: E402
 from pipeline.io import write_json, write_text  # noqa: E402

@@ -6,7 +6,7 @@ shards no choice has seen.
 
 Protocol (the refit of bench/models.py, one member at a time): shards 0-49 train, 50-54 val,
 55-59 test. Each member of MEMBERS is trained on 0-49 with early stopping on 50-54 (that chooses
-its epoch count), then refit on 0-54 for that many epochs (the last epoch is kept). The ensemble
+its epoch count), then refit on 0-54 for that many epochs (train.keep=last: the last epoch is best.pt). The ensemble
 is chosen on val only: greedy forward selection (Caruana et al. 2004, without replacement) of the
 train-only runs by the val GAP@20 of their mean probability, stopping when no member adds. The
 chosen members' refit runs are the shipped ensemble, scored on test with the product's
@@ -32,9 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-_spec = importlib.util.spec_from_file_location("bench_models", ROOT / "bench" / "models.py")
-bm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bm)
+import bench.models as bm  # noqa: E402  (bench/ is a namespace package under ROOT)
 
 from pipeline.catalog import Catalog  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -60,6 +58,17 @@ MEMBERS = {
     "late_fusion": ["late_fusion"],
     "ef4096_do5": ["early_fusion:tuned", "models.early_fusion.hidden=4096", "models.early_fusion.dropout=0.5",
                    "train.epochs=15"],
+    # Added in session 4, before either was scored: another seed, and standardized inputs
+    # (train.standardize: rgb and audio scaled by their training mean and std).
+    "ef2048_ema_s2": ["early_fusion:tuned", "models.early_fusion.hidden=2048", "train.ema=0.99", "train.epochs=12",
+                      "seed=2"],
+    "ef2048_std": ["early_fusion:tuned", "models.early_fusion.hidden=2048", "train.ema=0.99", "train.epochs=12",
+                   "train.standardize=true"],
+    # and two more seeds of the EMA members (added before the ensembles above were scored on test)
+    "ef2048_ema_s3": ["early_fusion:tuned", "models.early_fusion.hidden=2048", "train.ema=0.99", "train.epochs=12",
+                      "seed=3"],
+    "ef1024_ema_s2": ["early_fusion:tuned", "models.early_fusion.hidden=1024", "train.ema=0.99", "train.epochs=12",
+                      "seed=2"],
 }
 MODALITIES = ["rgb", "audio"]
 
@@ -88,11 +97,10 @@ def run_member(out_dir: Path, name: str, member: list[str]) -> dict:
     t0 = time.time()
     got = run_train(cfg, out_dir, model, run_name=first.name)
     train_s, epochs = round(time.time() - t0, 1), got["best_epoch"] + 1
-    _, cfg2 = member_cfg(member, [f"train.stop_after_epochs={epochs}", "train.patience=1000"])
+    _, cfg2 = member_cfg(member, [f"train.stop_after_epochs={epochs}", "train.keep=last"])
     print(f"== {name}: refit on 0-54 for {epochs} epochs", flush=True)
     t0 = time.time()
     run_train(cfg2, out_dir, model, run_name=second.name, fixed_split=bm._fixed_split(out_dir, ("train", "val")))
-    shutil.copy(second / "last.pt", second / "best.pt")   # the last epoch, not the in-sample "best"
     score = lambda run: run_evaluate(cfg, out_dir, run, split="test", show=False)["metrics"]   # noqa: E731
     out = {"member": member, "epochs": epochs, "epochs_run": got["epochs_run"], "train_s": train_s,
            "refit_s": round(time.time() - t0, 1), "val": got["best"], "test_train_only": score(first),

@@ -170,5 +170,9 @@ def build_model(name: str, cfg, dims: dict, num_classes: int, multilabel: bool, 
         raise ValueError("no input modality: dims has neither pooled nor sequence features")
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    flat = resolved_config(name, cfg)
-    return model_class(name, flat.get("variant"))(flat, dims, int(num_classes), bool(multilabel), dict(extra or {}))
+    flat, extra = resolved_config(name, cfg), dict(extra or {})
+    model = model_class(name, flat.get("variant"))(flat, dims, int(num_classes), bool(multilabel), extra)
+    if extra.get("input_stats"):   # train.standardize: the statistics travel with the model
+        from .standardize import Standardized
+        model = Standardized(model, extra["input_stats"])
+    return model

@@ -137,6 +137,29 @@ def label_extra(model_name: str, model_cfg, class_names: list[str], train_labels
     return extra
 
 
+def input_stats(dataset) -> dict:
+    """Per-dimension mean and standard deviation of every input of a FeatureDataset (the training
+    split), for `train.standardize` (models/standardize.py): pooled inputs over the videos that
+    have them, sequences over all their steps; float64 sums. {layout: {m: (mean f32[D], std f32[D])}}."""
+    def moments(total, squares, n):
+        mean = total / max(n, 1)
+        std = np.sqrt(np.maximum(squares / max(n, 1) - mean ** 2, 0.0))
+        return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
+    stats: dict = {"pooled": {}, "sequence": {}}
+    for m in dataset.pooled_names:
+        x = dataset.pooled[m][dataset.present[m]].astype(np.float64)
+        stats["pooled"][m] = moments(x.sum(0), (x ** 2).sum(0), len(x))
+    for m in dataset.sequence_names:
+        total, squares, n = np.zeros(dataset.seq_dims[m]), np.zeros(dataset.seq_dims[m]), 0
+        for vid in dataset.video_ids:
+            if vid in dataset.seq_where[m]:
+                x = dataset.store.sequence_at(dataset.seq_where[m][vid]).astype(np.float64)
+                total, squares, n = total + x.sum(0), squares + (x ** 2).sum(0), n + len(x)
+        stats["sequence"][m] = moments(total, squares, n)
+    return stats
+
+
 def make_dataset(store, video_ids, inputs: dict, labels=None):
     from .dataset import FeatureDataset
 

@@ -30,7 +30,7 @@ from .evaluate import autocast, eval_loader, predict_scores
 from .io import write_json, write_text
 from .metrics import compute_metrics, default_monitor
 from .output import open_output
-from .task import label_extra, load_labels, make_dataset, mixup, model_inputs, split_indices, to_device
+from .task import input_stats, label_extra, load_labels, make_dataset, mixup, model_inputs, split_indices, to_device
 
 
 def make_optimizer(params, tcfg):
@@ -181,6 +181,8 @@ def _build(cfg, catalog, store, model_name, resume, fixed_split) -> Loop:
         raise UsageError(f"resume checkpoint is a {ckpt['model_name']} run, not {model_name}")
     extra = unpack_extra(ckpt["extra"]) if ckpt is not None else \
         label_extra(model_name, model_cfg, task["class_names"], task["labels"][split["train"]], device)
+    if ckpt is None and bool(tcfg.standardize):   # train split only; applied inside the model (models/standardize.py)
+        extra["input_stats"] = input_stats(loader.dataset)
     model, ema = _model(cfg, model_name, model_cfg, dims, task, extra, device, ckpt)
     optimizer = make_optimizer(model.parameters(), tcfg)
     scheduler = make_scheduler(optimizer, tcfg, len(loader))
@@ -190,6 +192,8 @@ def _build(cfg, catalog, store, model_name, resume, fixed_split) -> Loop:
             model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
             find_unused_parameters=bool(tcfg.ddp_find_unused))
     monitor = tcfg.monitor if tcfg.monitor not in (None, "auto") else default_monitor(task["multilabel"], int(tcfg.metric_k))
+    if tcfg.keep not in ("best", "last"):
+        raise UsageError(f"train.keep must be best or last; got {tcfg.keep!r}")
     ids = np.array(task["video_ids"])
     meta = {"model_name": model_name, "model_cfg": to_dict(model_cfg), "dims": dims, "inputs": inputs,
             "class_names": task["class_names"], "multilabel": task["multilabel"], "extra": pack_extra(extra),
@@ -277,7 +281,8 @@ def _validate(loop: Loop, epoch: int, train_loss: float) -> tuple[dict, bool]:
                                                  loop.task["multilabel"], bool(tcfg.amp))
     metrics = compute_metrics(scores, labels, loop.task["multilabel"], float(tcfg.threshold), int(tcfg.metric_k),
                               tcfg.hit_at)
-    improved = metrics[loop.monitor] > loop.best
+    # keep: last (a refit whose val split is inside its training data): every epoch is the "best"
+    improved = metrics[loop.monitor] > loop.best or tcfg.keep == "last"
     if improved:
         loop.best, loop.best_epoch, loop.bad = metrics[loop.monitor], epoch, 0
     else:

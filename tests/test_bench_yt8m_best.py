@@ -22,7 +22,7 @@ def test_preset_settings(bench):
     assert list(cfg.train.modalities) == ["rgb", "audio"] and cfg.models.early_fusion.variant == "tuned"
 
 
-@pytest.mark.parametrize("name", ["ef1024", "ef2048_ema", "ef1024_ema_s1", "ef2048_cg", "videotag"])
+@pytest.mark.parametrize("name", ["ef1024", "ef2048_ema", "ef1024_ema_s1", "ef2048_cg", "ef2048_ema_s2", "ef2048_std", "ef2048_ema_s3", "ef1024_ema_s2", "videotag"])
 def test_member_overrides_apply(bench, name):
     member = bench.MEMBERS[name]
     model, cfg = bench.member_cfg(member, ["train.stop_after_epochs=5"])

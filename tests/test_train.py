@@ -293,3 +293,18 @@ def test_training_reads_completed_inputs_when_asked(tmp_path):
     plain = run_train(config("train.epochs=1", "train.use_completed=false"), tmp_path, "early_fusion", run_name="plain")
     assert plain["modalities"]["pooled"] == ["alpha", "beta"]
     assert np.isfinite(run_evaluate(config(), tmp_path, tmp_path / "runs" / "completed")["metrics"]["loss"])
+
+
+def test_keep_last_makes_the_last_epoch_best_without_early_stopping(store_dir):
+    """train.keep=last (a refit): best.pt is the last epoch even where val got worse, and
+    patience does not stop the run."""
+    got = run_train(config("train.epochs=5", "train.patience=1", "train.keep=last", "train.lr=0.5"), store_dir,
+                    "early_fusion", run_name="keep_last")
+    assert got["epochs_run"] == 5 and got["best_epoch"] == 4
+    run = store_dir / "runs" / "keep_last"
+    best, last = torch.load(run / "best.pt", weights_only=False), torch.load(run / "last.pt", weights_only=False)
+    assert best["epoch"] == last["epoch"] == 4
+    for k in last["model"]:
+        torch.testing.assert_close(best["model"][k], last["model"][k])
+    with pytest.raises(Exception, match="train.keep"):
+        run_train(config("train.keep=first"), store_dir, "early_fusion", run_name="keep_bad")
