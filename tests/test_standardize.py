@@ -111,3 +111,21 @@ def test_build_model_without_stats_is_unwrapped():
     assert not isinstance(build_model("early_fusion", {"hidden": 4}, dims, 2, False), Standardized)
     stats = {"pooled": {"a": (torch.zeros(3), torch.ones(3))}}
     assert isinstance(build_model("early_fusion", {"hidden": 4}, dims, 2, False, {"input_stats": stats}), Standardized)
+
+
+def test_wrapper_survives_ema_copy_and_keeps_the_statistics_fixed():
+    """train.ema deep-copies the model (AveragedModel, use_buffers=True): the copy standardizes
+    the same way, and averaging leaves the statistics as they were."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    stats = {"pooled": {"a": (torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0]))}}
+    model = build_model("early_fusion", {"hidden": 4}, {"pooled": {"a": 3}}, 2, False, {"input_stats": stats})
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module.mean_0, stats["pooled"]["a"][0])
+    torch.testing.assert_close(ema.module.scale_0, torch.full((3,), 0.5))
+    batch = {"pooled": {"a": torch.randn(5, 3)}, "sequence": {}, "lengths": {}, "present": {"a": torch.ones(5, dtype=torch.bool)}}
+    assert ema.module(batch)["logits"].shape == (5, 2)
