@@ -9,7 +9,7 @@ pooled vector has a norm near 1,000, dense trajectories' near 2), and a model th
 them learns from the large one only (the paper Early Fusion, Early+Att and NMCL rows of
 bench/e2e_fight.py predicted one class for that reason). The statistics are computed once, on the
 training split only (`pipeline.task.input_stats`), saved in the checkpoint's `extra` and applied
-here, inside the model, so evaluate, predict, serve and export use the same numbers and never
+here, inside the model, so evaluate, predict and serve use the same numbers and never
 read the training data again. Missing modalities and padded steps stay zero.
 
     model = Standardized(inner, {"pooled": {m: (mean[D], std[D])}, "sequence": {m: (mean, std)}})
@@ -30,14 +30,14 @@ class Standardized(nn.Module):
     def __init__(self, model: nn.Module, stats: dict):
         super().__init__()
         self.model = model
-        self.inputs: list[tuple[str, str]] = []   # (layout, modality) of buffer i
+        self.standardized: list[tuple[str, str]] = []   # (layout, modality) of buffer i
         for layout in ("pooled", "sequence"):
             for m, (mean, std) in sorted(stats.get(layout, {}).items()):
-                std = torch.as_tensor(std, dtype=torch.float32)
+                std, i = torch.as_tensor(std, dtype=torch.float32), len(self.standardized)
                 # Buffers, not parameters: in the state dict (checkpoint round trip), never trained.
-                self.register_buffer(f"mean_{len(self.inputs)}", torch.as_tensor(mean, dtype=torch.float32))
-                self.register_buffer(f"scale_{len(self.inputs)}", 1.0 / torch.where(std > 1e-6, std, torch.ones_like(std)))
-                self.inputs.append((layout, m))
+                self.register_buffer(f"mean_{i}", torch.as_tensor(mean, dtype=torch.float32))
+                self.register_buffer(f"scale_{i}", 1.0 / torch.where(std > 1e-6, std, torch.ones_like(std)))
+                self.standardized.append((layout, m))
 
     def __getattr__(self, name: str):
         try:
@@ -47,7 +47,7 @@ class Standardized(nn.Module):
 
     def standardize(self, batch: dict) -> dict:
         out = {**batch, "pooled": dict(batch.get("pooled", {})), "sequence": dict(batch.get("sequence", {}))}
-        for i, (layout, m) in enumerate(self.inputs):
+        for i, (layout, m) in enumerate(self.standardized):
             if m not in batch.get(layout, {}):
                 continue
             x = (batch[layout][m] - getattr(self, f"mean_{i}")) * getattr(self, f"scale_{i}")

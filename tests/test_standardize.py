@@ -127,5 +127,6 @@ def test_wrapper_survives_ema_copy_and_keeps_the_statistics_fixed():
     ema.update_parameters(model)
     torch.testing.assert_close(ema.module.mean_0, stats["pooled"]["a"][0])
     torch.testing.assert_close(ema.module.scale_0, torch.full((3,), 0.5))
-    batch = {"pooled": {"a": torch.randn(5, 3)}, "sequence": {}, "lengths": {}, "present": {"a": torch.ones(5, dtype=torch.bool)}}
+    batch = {"pooled": {"a": torch.randn(5, 3)}, "sequence": {}, "lengths": {},
+             "present": {"a": torch.ones(5, dtype=torch.bool)}}
     assert ema.module(batch)["logits"].shape == (5, 2)
