@@ -55,7 +55,7 @@ class Standardized(nn.Module):
                 keep = batch["present"][m][:, None]
             else:   # padded steps (and aligned steps without data) stay zero
                 keep = _sequence(batch, m)[1]
-                if "step_present" in batch and m in batch["step_present"]:
+                if m in batch.get("step_present", {}):
                     keep = keep & batch["step_present"][m]
                 keep = (keep & batch["present"][m][:, None])[..., None]
             out[layout][m] = x * keep.to(x.dtype)

@@ -172,6 +172,8 @@ def _task_split(cfg, catalog, fixed_split):
 def _build(cfg, catalog, store, model_name, resume, fixed_split) -> Loop:
     tcfg = cfg.train
     model_cfg = model_config(cfg, model_name)
+    if tcfg.keep not in ("best", "last"):   # before any data is read, as model_config's checks
+        raise UsageError(f"train.keep must be best or last; got {tcfg.keep!r}")
     device = setup_distributed(resolve_device(cfg.device))
     world = rank_world()[1]
     task, split = _task_split(cfg, catalog, fixed_split)
@@ -192,8 +194,6 @@ def _build(cfg, catalog, store, model_name, resume, fixed_split) -> Loop:
             model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
             find_unused_parameters=bool(tcfg.ddp_find_unused))
     monitor = tcfg.monitor if tcfg.monitor not in (None, "auto") else default_monitor(task["multilabel"], int(tcfg.metric_k))
-    if tcfg.keep not in ("best", "last"):
-        raise UsageError(f"train.keep must be best or last; got {tcfg.keep!r}")
     ids = np.array(task["video_ids"])
     meta = {"model_name": model_name, "model_cfg": to_dict(model_cfg), "dims": dims, "inputs": inputs,
             "class_names": task["class_names"], "multilabel": task["multilabel"], "extra": pack_extra(extra),
